@@ -1,0 +1,69 @@
+"""Atomic writes and small JSON helpers: the only place that writes final files.
+
+A writer first writes ``.NAME.tmp-PID`` beside the target and then renames it, so a killed run
+never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``.
+
+    The temporary name keeps the final suffix(es) so that writers that pick a format from the
+    file name (SimpleITK, PIL) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o)}")
+
+
+def write_json_atomic(path: Path | str, obj: Any, sort_keys: bool = False) -> None:
+    """Write ``obj`` as indented JSON (numpy scalars/arrays converted) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default))
+
+
+def load_json(path: Path | str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_npy_atomic(path: Path | str, array: np.ndarray) -> None:
+    """Save ``array`` as ``.npy`` (memory-mappable with ``np.load(mmap_mode='r')``) atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array))

@@ -1,0 +1,123 @@
+"""Plans files: load, resolve configuration inheritance, merge and save (reference §3.8).
+
+Plans stay plain JSON dicts with upstream nnU-Net v2's keys (so an upstream ``nnUNetPlans.json``
+loads unchanged); :class:`ConfigurationPlan` is a typed, read-only view of one resolved
+configuration with the fields the pipeline uses, and keeps the whole dict in ``raw``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pnnunet.errors import PnnunetError
+from pnnunet.fileio import load_json, write_json_atomic
+
+DEFAULT_PLANS_NAME = "pnnunetPlans"
+CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
+REQUIRED_GLOBAL = ("transpose_forward", "transpose_backward", "configurations",
+                   "foreground_intensity_properties_per_channel")
+REQUIRED_CONFIG = ("data_identifier", "batch_size", "patch_size", "spacing", "normalization_schemes",
+                   "use_mask_for_norm", "architecture")
+
+
+class PlansError(PnnunetError):
+    def __init__(self, source: Path | str, problem: str, fix: str):
+        super().__init__(f"{source}: {problem}\n  fix: {fix}")
+
+
+def resolve_configuration(plans: dict, name: str, source: Path | str = "plans") -> dict:
+    """The configuration ``name`` with ``inherits_from`` applied recursively (deep copies; cycles raise)."""
+    configs = plans.get("configurations", {})
+    chain: list[str] = []
+    cur = name
+    while True:
+        if cur not in configs:
+            close = difflib.get_close_matches(cur, list(configs), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise PlansError(source, f"configuration '{cur}' is not in the plans (has {sorted(configs)})",
+                             f"{hint}choose one of the planned configurations or re-run planning")
+        if cur in chain:
+            raise PlansError(source, f"configuration inheritance has a cycle: {' -> '.join(chain + [cur])}",
+                             "fix the 'inherits_from' entries")
+        chain.append(cur)
+        parent = configs[cur].get("inherits_from")
+        if parent is None:
+            break
+        cur = parent
+    resolved: dict = {}
+    for c in reversed(chain):
+        child = copy.deepcopy(configs[c])
+        child.pop("inherits_from", None)
+        resolved.update(child)
+    return resolved
+
+
+@dataclass(frozen=True)
+class ConfigurationPlan:
+    """A resolved configuration (typed view; ``raw`` holds every key, upstream's included)."""
+
+    name: str
+    data_identifier: str
+    batch_size: int
+    patch_size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    normalization_schemes: tuple[str, ...]
+    use_mask_for_norm: tuple[bool, ...]
+    batch_dice: bool
+    arch_kwargs: dict
+    previous_stage: str | None = None
+    next_stage: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_2d(self) -> bool:
+        return len(self.patch_size) == 2
+
+    @classmethod
+    def from_plans(cls, plans: dict, name: str, source: Path | str = "plans") -> "ConfigurationPlan":
+        d = resolve_configuration(plans, name, source)
+        missing = [k for k in REQUIRED_CONFIG if k not in d]
+        if missing:
+            raise PlansError(source, f"configuration '{name}' misses keys {missing}",
+                             "re-run pnnunet_plan_and_preprocess (or fix the hand-edited plans file)")
+        return cls(name=name, data_identifier=d["data_identifier"], batch_size=int(d["batch_size"]),
+                   patch_size=tuple(int(p) for p in d["patch_size"]), spacing=tuple(float(s) for s in d["spacing"]),
+                   normalization_schemes=tuple(d["normalization_schemes"]),
+                   use_mask_for_norm=tuple(bool(u) for u in d["use_mask_for_norm"]),
+                   batch_dice=bool(d.get("batch_dice", False)), arch_kwargs=d["architecture"]["arch_kwargs"],
+                   previous_stage=d.get("previous_stage"), next_stage=d.get("next_stage"), raw=d)
+
+
+def load_plans(path: Path | str) -> dict:
+    """Load a plans JSON (ours or upstream's) and check the global keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlansError(path, "plans file not found", "run pnnunet_plan_and_preprocess for this dataset first")
+    try:
+        plans = load_json(path)
+    except ValueError as e:
+        raise PlansError(path, f"is not valid JSON ({e})", "re-run planning or repair the file") from None
+    missing = [k for k in REQUIRED_GLOBAL if k not in plans]
+    if missing:
+        raise PlansError(path, f"misses keys {missing}", "re-run pnnunet_plan_and_preprocess")
+    return plans
+
+
+def merge_with_existing(new_plans: dict, existing: dict | None) -> dict:
+    """Keep user-added configurations of an existing plans file; planned ones are replaced (§3.7)."""
+    if not existing:
+        return new_plans
+    merged = copy.deepcopy(new_plans)
+    extra = {k: v for k, v in existing.get("configurations", {}).items() if k not in merged["configurations"]}
+    merged["configurations"].update(extra)
+    return merged
+
+
+def save_plans(plans: dict, path: Path | str) -> None:
+    """Write plans atomically, keeping configurations a user added to an existing file."""
+    path = Path(path)
+    existing = load_json(path) if path.is_file() else None
+    write_json_atomic(path, merge_with_existing(plans, existing))

@@ -1,0 +1,20 @@
+"""Shared test helpers: where the optional reference material lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+UPSTREAM_HIPPO = SHARED / "reference" / "upstream_hippocampus_220"
+SHARED_DATA = SHARED / "data"
+BUNDLED_SAMPLE = REPO / "tests" / "data" / "Task04_Hippocampus_sample"
+
+
+def require(path: Path) -> Path:
+    """Skip the test when optional reference material (../shared) is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path
