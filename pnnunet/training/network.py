@@ -1,0 +1,277 @@
+"""PlainConvUNet, nnU-Net v2's default network, in Paddle (reference §6.1, §12.3–12.5).
+
+Built from a plan configuration's ``architecture.arch_kwargs`` (upstream v2 field names), so a
+pnnunet plan and an upstream ``nnUNetPlans.json`` build the same network with the same number of
+parameters.
+
+Layout (parameter registration order equals upstream's, which keeps ``parameters()`` aligned):
+
+- ``encoder.stages[s].convs[i]``: ConvNormAct blocks; the first block of stage ``s`` is strided
+  by ``strides[s]``. Stage outputs are the skips; the last one is the bottleneck.
+- ``decoder.stages[t]``: ConvNormAct blocks on ``concat([up, skip])`` (``2·F_skip → F_skip``).
+- ``decoder.transpconvs[t]``: transposed conv, kernel = stride = ``strides[n-1-t]``.
+- ``decoder.seg_layers[t]``: 1×1 conv heads, one per decoder stage (always built, so weights load
+  with deep supervision on or off).
+
+Tensors are ``(B, C, X, Y)`` (2D) or ``(B, C, X, Y, Z)`` (3D).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import paddle
+from paddle import nn
+
+from pnnunet.errors import PnnunetError
+
+LEAKY_SLOPE = 0.01
+NORM_EPS = 1e-5
+
+_CONV = {2: nn.Conv2D, 3: nn.Conv3D}
+_CONV_T = {2: nn.Conv2DTranspose, 3: nn.Conv3DTranspose}
+_NORM = {2: nn.InstanceNorm2D, 3: nn.InstanceNorm3D}
+
+
+def conv_dim_from_op(conv_op: str) -> int:
+    """Spatial dimensionality (2 or 3) named by a plan's ``conv_op`` string.
+
+    Parameters
+    ----------
+    conv_op : e.g. ``"torch.nn.modules.conv.Conv3d"`` (upstream) or ``"paddle.nn.Conv2D"``.
+        Anything containing ``Conv2d``/``Conv2D`` is 2D, ``Conv3d``/``Conv3D`` is 3D.
+    """
+    text = str(conv_op).lower()
+    if "conv2d" in text:
+        return 2
+    if "conv3d" in text:
+        return 3
+    raise PnnunetError(f"unsupported conv_op {conv_op!r} in the plan: expected a 2D or 3D convolution (Conv2d/Conv3d)")
+
+
+def he_std(weight_shape: Sequence[int], negative_slope: float = LEAKY_SLOPE) -> float:
+    """Standard deviation of nnU-Net's He init for one conv weight (reference §6.1, §12.4).
+
+    PyTorch ``kaiming_normal_(a=negative_slope)`` semantics: gain ``sqrt(2 / (1 + a²))`` over
+    ``sqrt(fan_in)`` with ``fan_in = weight_shape[1] · prod(weight_shape[2:])``. For a transposed
+    conv (weight ``[in, out, k...]``, same layout in Paddle and PyTorch) that is ``out · prod(k)``.
+    """
+    fan_in = int(weight_shape[1]) * int(np.prod(weight_shape[2:], dtype=np.int64))
+    return math.sqrt(2.0 / (1.0 + negative_slope**2)) / math.sqrt(fan_in)
+
+
+def _he_attrs(weight_shape: Sequence[int]) -> tuple[paddle.ParamAttr, paddle.ParamAttr]:
+    weight = paddle.ParamAttr(initializer=nn.initializer.Normal(mean=0.0, std=he_std(weight_shape)))
+    bias = paddle.ParamAttr(initializer=nn.initializer.Constant(0.0))
+    return weight, bias
+
+
+def _conv(dim: int, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int], bias: bool) -> nn.Layer:
+    kernel, stride = list(kernel), list(stride)
+    weight_attr, bias_attr = _he_attrs([c_out, c_in, *kernel])
+    return _CONV[dim](
+        c_in,
+        c_out,
+        kernel,
+        stride=stride,
+        padding=[(k - 1) // 2 for k in kernel],
+        weight_attr=weight_attr,
+        bias_attr=bias_attr if bias else False,
+    )
+
+
+class ConvNormAct(nn.Layer):
+    """Conv (padding ``(k-1)//2``) → InstanceNorm (eps 1e-5, affine) → LeakyReLU(0.01) (§6.1)."""
+
+    def __init__(self, dim: int, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int], bias: bool):
+        super().__init__()
+        self.conv = _conv(dim, c_in, c_out, kernel, stride, bias)
+        # Paddle's InstanceNorm has no running statistics: train and eval normalise alike (§12.3).
+        self.norm = _NORM[dim](c_out, epsilon=NORM_EPS)
+        self.nonlin = nn.LeakyReLU(LEAKY_SLOPE)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.nonlin(self.norm(self.conv(x)))
+
+
+class StackedConvs(nn.Layer):
+    """``n`` ConvNormAct blocks; only the first one is strided."""
+
+    def __init__(
+        self, n: int, dim: int, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int], bias: bool
+    ):
+        super().__init__()
+        blocks = [ConvNormAct(dim, c_in, c_out, kernel, stride, bias)]
+        blocks += [ConvNormAct(dim, c_out, c_out, kernel, [1] * dim, bias) for _ in range(n - 1)]
+        self.convs = nn.Sequential(*blocks)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.convs(x)
+
+
+class Encoder(nn.Layer):
+    """Strided-conv encoder; returns the output of every stage (skips, bottleneck last)."""
+
+    def __init__(self, dim, input_channels, features, kernel_sizes, strides, n_conv_per_stage, bias):
+        super().__init__()
+        stages, c_in = [], input_channels
+        for s, c_out in enumerate(features):
+            stages.append(StackedConvs(n_conv_per_stage[s], dim, c_in, c_out, kernel_sizes[s], strides[s], bias))
+            c_in = c_out
+        self.stages = nn.LayerList(stages)
+
+    def forward(self, x: paddle.Tensor) -> list[paddle.Tensor]:
+        skips = []
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        return skips
+
+
+class Decoder(nn.Layer):
+    """Transposed-conv decoder with a segmentation head per stage (§6.1)."""
+
+    def __init__(self, dim, features, kernel_sizes, strides, n_conv_per_stage_decoder, num_classes, bias):
+        super().__init__()
+        n = len(features)
+        stages, transpconvs, seg_layers = [], [], []
+        for t in range(n - 1):
+            below, skip = features[n - 1 - t], features[n - 2 - t]
+            stride = list(strides[n - 1 - t])
+            w_attr, b_attr = _he_attrs([below, skip, *stride])
+            b_attr = b_attr if bias else False
+            transpconvs.append(_CONV_T[dim](below, skip, stride, stride=stride, weight_attr=w_attr, bias_attr=b_attr))
+            n_conv, kernel = n_conv_per_stage_decoder[t], kernel_sizes[n - 2 - t]
+            stages.append(StackedConvs(n_conv, dim, 2 * skip, skip, kernel, [1] * dim, bias))
+            seg_layers.append(_conv(dim, skip, num_classes, [1] * dim, [1] * dim, bias=True))
+        # registration order stages → transpconvs → seg_layers, as upstream
+        self.stages = nn.LayerList(stages)
+        self.transpconvs = nn.LayerList(transpconvs)
+        self.seg_layers = nn.LayerList(seg_layers)
+
+    def forward(self, skips: list[paddle.Tensor], deep_supervision: bool) -> list[paddle.Tensor]:
+        """Logits per decoder stage, highest resolution first (only the last head if DS is off)."""
+        x, outputs = skips[-1], []
+        last = len(self.stages) - 1
+        for t, stage in enumerate(self.stages):
+            x = stage(paddle.concat([self.transpconvs[t](x), skips[-(t + 2)]], axis=1))
+            if deep_supervision or t == last:
+                outputs.append(self.seg_layers[t](x))
+        return outputs[::-1]
+
+
+def _per_stage(value, n: int, name: str) -> list:
+    """One entry per stage: a scalar is repeated (upstream accepts scalars too), a list is length-checked."""
+    if isinstance(value, (int, float)):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise PnnunetError(f"plan arch_kwargs {name!r} has {len(value)} entries, expected {n} (one per stage)")
+    return value
+
+
+def _per_axis(value, dim: int, name: str) -> list[int]:
+    if isinstance(value, (int, float)):
+        return [int(value)] * dim
+    value = [int(v) for v in value]
+    if len(value) != dim:
+        raise PnnunetError(f"plan arch_kwargs {name!r} entry {value} does not have {dim} axes")
+    return value
+
+
+class PlainConvUNet(nn.Layer):
+    """nnU-Net's PlainConvUNet (reference §6.1).
+
+    Parameters
+    ----------
+    input_channels : image channels (+ one-hot previous-stage labels for the cascade).
+    n_stages, features_per_stage, kernel_sizes, strides, n_conv_per_stage, n_conv_per_stage_decoder,
+    conv_bias : as in a v2 plan's ``arch_kwargs``; kernel_sizes / strides are per stage, per axis.
+    conv_dim : 2 or 3 (see :func:`conv_dim_from_op`).
+    num_classes : output channels (labels incl. background, or regions).
+    deep_supervision : if True ``forward`` returns a list of ``n_stages - 1`` logits maps, highest
+        resolution first; else only the full-resolution logits. Can be toggled at any time.
+
+    Weights are He-initialised with an explicitly computed std (§12.4, :func:`he_std`), biases 0,
+    InstanceNorm scale 1 / bias 0; the draw uses Paddle's global generator (``paddle.seed``).
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        n_stages: int,
+        features_per_stage: Sequence[int],
+        conv_dim: int,
+        kernel_sizes: Sequence[Sequence[int]],
+        strides: Sequence[Sequence[int]],
+        n_conv_per_stage: Sequence[int],
+        num_classes: int,
+        n_conv_per_stage_decoder: Sequence[int],
+        conv_bias: bool = True,
+        deep_supervision: bool = False,
+    ):
+        super().__init__()
+        if conv_dim not in (2, 3):
+            raise PnnunetError(f"conv_dim must be 2 or 3, got {conv_dim}")
+        if n_stages < 2:
+            raise PnnunetError(f"a U-Net needs at least 2 stages, the plan has n_stages={n_stages}")
+        features = [int(f) for f in _per_stage(features_per_stage, n_stages, "features_per_stage")]
+        kernels = [_per_axis(k, conv_dim, "kernel_sizes") for k in _per_stage(kernel_sizes, n_stages, "kernel_sizes")]
+        strides_ = [_per_axis(s, conv_dim, "strides") for s in _per_stage(strides, n_stages, "strides")]
+        n_enc = [int(v) for v in _per_stage(n_conv_per_stage, n_stages, "n_conv_per_stage")]
+        n_dec = [int(v) for v in _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")]
+        self.conv_dim = conv_dim
+        self.num_classes = num_classes
+        self.strides = strides_
+        self.deep_supervision = bool(deep_supervision)
+        self.encoder = Encoder(conv_dim, input_channels, features, kernels, strides_, n_enc, conv_bias)
+        self.decoder = Decoder(conv_dim, features, kernels, strides_, n_dec, num_classes, conv_bias)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor | list[paddle.Tensor]:
+        outputs = self.decoder(self.encoder(x), self.deep_supervision)
+        return outputs if self.deep_supervision else outputs[0]
+
+
+def build_network(
+    plan_configuration: dict, input_channels: int, num_classes: int, deep_supervision: bool = True
+) -> PlainConvUNet:
+    """Build the network of one plan configuration (reference §6.1).
+
+    Parameters
+    ----------
+    plan_configuration : one entry of a plans file's ``configurations`` (pnnunet or upstream v2),
+        with ``architecture.arch_kwargs`` present (inheritance already resolved).
+    input_channels : number of input channels.
+    num_classes : labels incl. background (label mode) or number of regions.
+    deep_supervision : initial value of ``network.deep_supervision``.
+    """
+    arch = plan_configuration.get("architecture")
+    if not isinstance(arch, dict) or "arch_kwargs" not in arch:
+        raise PnnunetError(
+            "plan configuration has no 'architecture.arch_kwargs'; it must be a v2 plan configuration "
+            "(resolve 'inherits_from' first, or re-run pnnunet_plan_experiment)"
+        )
+    class_name = str(arch.get("network_class_name", "PlainConvUNet"))
+    if not class_name.endswith("PlainConvUNet"):
+        raise PnnunetError(f"network_class_name {class_name!r} is not supported: pnnunet builds PlainConvUNet only")
+    kw = arch["arch_kwargs"]
+    required = ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage",
+                "n_conv_per_stage_decoder")
+    missing = [k for k in required if k not in kw]
+    if missing:
+        raise PnnunetError(f"plan arch_kwargs lack {missing}; re-run pnnunet_plan_experiment")
+    return PlainConvUNet(
+        input_channels=int(input_channels),
+        n_stages=int(kw["n_stages"]),
+        features_per_stage=kw["features_per_stage"],
+        conv_dim=conv_dim_from_op(kw["conv_op"]),
+        kernel_sizes=kw["kernel_sizes"],
+        strides=kw["strides"],
+        n_conv_per_stage=kw["n_conv_per_stage"],
+        num_classes=int(num_classes),
+        n_conv_per_stage_decoder=kw["n_conv_per_stage_decoder"],
+        conv_bias=bool(kw.get("conv_bias", False)),  # upstream's constructor default
+        deep_supervision=deep_supervision,
+    )
