@@ -27,6 +27,9 @@ class DatasetError(PnnunetError):
         self.path, self.problem, self.fix = Path(path), problem, fix
         super().__init__(f"{path}: {problem}\n  fix: {fix}")
 
+    def __reduce__(self):  # picklable across worker processes
+        return (type(self), (self.path, self.problem, self.fix))
+
 
 class DatasetProblems(PnnunetError):
     """Several problems found by one check (e.g. the integrity check), reported together."""
@@ -39,3 +42,6 @@ class DatasetProblems(PnnunetError):
         if len(problems) > len(shown):
             lines.append(f"... and {len(problems) - len(shown)} more")
         super().__init__("\n".join(lines))
+
+    def __reduce__(self):
+        return (type(self), (self.problems,))

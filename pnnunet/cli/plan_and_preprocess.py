@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Sequence
@@ -10,7 +11,6 @@ from typing import Sequence
 from pnnunet.cli.common import add_dataset_arg, default_num_processes, get_roots, run_cli
 from pnnunet.errors import PnnunetError
 from pnnunet.paths import Roots
-from pnnunet.planning.planner import PlannerSettings
 from pnnunet.planning.plans import DEFAULT_PLANS_NAME, load_plans
 
 DEFAULT_CONFIGS = ("2d", "3d_fullres", "3d_lowres")
@@ -24,7 +24,9 @@ def _parser(prog: str, fingerprint: bool, plan: bool, preprocess: bool) -> argpa
         p.add_argument("--verify_dataset_integrity", "--verify-dataset-integrity", action="store_true",
                        help="check every case (channels, geometry, label values, NaN) before anything else")
     if plan:
-        p.add_argument("-gpu_memory_target", type=float, default=8.0, help="GPU memory target in GB (default 8)")
+        p.add_argument("-pl", default="default", help="planner preset: default (nnU-Net's ExperimentPlanner) or tiny "
+                                                       "(small nets for demos/CI; plans pnnunetTinyPlans)")
+        p.add_argument("-gpu_memory_target", type=float, default=None, help="GPU memory target in GB (default 8)")
         p.add_argument("-overwrite_target_spacing", type=float, nargs="+", default=None,
                        help="replace the full-resolution target spacing (3 values, reader axis order)")
         p.add_argument("-overwrite_plans_name", default=None, help=f"plans name (default {DEFAULT_PLANS_NAME})")
@@ -69,7 +71,15 @@ def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bo
     from pnnunet.planning.run import fingerprint_dataset, plan_dataset
 
     roots = get_roots()
-    plans_name = args.overwrite_plans_name or DEFAULT_PLANS_NAME
+    preset = None
+    if plan:
+        from pnnunet.planning.planner import PLANNER_ALIASES, PLANNER_PRESETS
+
+        key = PLANNER_ALIASES.get(args.pl, args.pl)
+        if key not in PLANNER_PRESETS:
+            raise PnnunetError(f"unknown planner preset '{args.pl}'\n  fix: use one of {sorted(PLANNER_PRESETS)}")
+        preset = PLANNER_PRESETS[key]
+    plans_name = args.overwrite_plans_name or (preset.plans_name if preset else DEFAULT_PLANS_NAME)
     for name in _datasets(args, roots):
         t0 = time.perf_counter()
         raw_dir, pre_dir = roots.raw / name, roots.preprocessed / name
@@ -86,9 +96,10 @@ def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bo
         if plan:
             if args.overwrite_target_spacing is not None and len(args.overwrite_target_spacing) != 3:
                 raise PnnunetError("-overwrite_target_spacing needs exactly 3 values (reader axis order)")
-            settings = PlannerSettings(plans_name=plans_name, gpu_memory_target_gb=args.gpu_memory_target,
-                                       overwrite_target_spacing=tuple(args.overwrite_target_spacing)
-                                       if args.overwrite_target_spacing else None)
+            settings = dataclasses.replace(
+                preset, plans_name=plans_name,
+                gpu_memory_target_gb=args.gpu_memory_target or preset.gpu_memory_target_gb,
+                overwrite_target_spacing=tuple(args.overwrite_target_spacing) if args.overwrite_target_spacing else None)
             plans = plan_dataset(raw_dir, pre_dir, settings)
         elif preprocess:
             plans = load_plans(pre_dir / f"{plans_name}.json")

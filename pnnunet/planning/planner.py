@@ -44,6 +44,16 @@ class PlannerSettings:
     overwrite_target_spacing: tuple[float, ...] | None = None
 
 
+# Named planner presets (``-pl``). "tiny" is a separate plans file for demos and CI: 8 base
+# features (max 32) and a small memory target, so a few CPU iterations take seconds.
+PLANNER_PRESETS: dict[str, PlannerSettings] = {
+    "default": PlannerSettings(),
+    "tiny": PlannerSettings(plans_name="pnnunetTinyPlans", base_features=8, max_features_3d=32, max_features_2d=32,
+                            gpu_memory_target_gb=0.02),
+}
+PLANNER_ALIASES = {"ExperimentPlanner": "default", "nnUNetPlanner": "default"}
+
+
 # Class strings written into plans. DEVIATION(DESIGN contract): layer class names name Paddle's
 # layers; everything the planner decides keeps upstream's values.
 NETWORK_CLASS = "pnnunet.training.network.PlainConvUNet"

@@ -25,7 +25,11 @@ REQUIRED_CONFIG = ("data_identifier", "batch_size", "patch_size", "spacing", "no
 
 class PlansError(PnnunetError):
     def __init__(self, source: Path | str, problem: str, fix: str):
+        self.source, self.problem, self.fix = source, problem, fix
         super().__init__(f"{source}: {problem}\n  fix: {fix}")
+
+    def __reduce__(self):  # picklable across worker processes
+        return (type(self), (self.source, self.problem, self.fix))
 
 
 def resolve_configuration(plans: dict, name: str, source: Path | str = "plans") -> dict:

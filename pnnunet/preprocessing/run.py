@@ -1,0 +1,221 @@
+"""Preprocess a whole dataset with a process pool (reference §4, §4.7).
+
+Output: ``<preprocessed_dataset_dir>/<data_identifier>/`` with the files of
+:mod:`pnnunet.preprocessing.storage`, plus ``preprocessing_config.json``: everything that decides
+the preprocessed arrays (the configuration's spacing, normalization and resampling entries, the
+transposition, the intensity properties and the labels). A run whose marker matches resumes
+(finished cases are skipped unless their raw files are newer); a different marker means the
+folder is stale and is rebuilt. ``labelsTr`` is copied to ``gt_segmentations/`` (only missing or
+newer files).
+
+DEVIATION(nnU-Net §4): upstream always deletes and rebuilds the output folder; pnnunet reuses
+finished cases when nothing that affects them changed (``clean=True`` rebuilds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from tqdm import tqdm
+
+from pnnunet.errors import PnnunetError
+from pnnunet.fileio import atomic_path, load_json, write_json_atomic
+from pnnunet.preprocessing.preprocessor import preprocess_case_files, resolve_configuration
+from pnnunet.preprocessing.storage import case_files, is_case_done, save_preprocessed_case
+
+log = logging.getLogger(__name__)
+
+MARKER_NAME = "preprocessing_config.json"
+MARKER_FORMAT = 1
+# configuration entries that change the preprocessed arrays
+_CONFIG_KEYS = ("data_identifier", "preprocessor_name", "spacing", "normalization_schemes", "use_mask_for_norm",
+                "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg", "resampling_fn_seg_kwargs")
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+
+
+def _single_thread_worker() -> None:
+    """Pool initializer: one compute thread per worker process (workers already share the cores)."""
+    for name in _THREAD_ENV:
+        os.environ[name] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1)
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it the env vars must do
+        pass
+    import SimpleITK as sitk
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _call_picklable(fn: Callable, args: tuple):
+    """Run ``fn(*args)`` in a worker; re-raise an exception that cannot cross the process boundary.
+
+    An exception whose class takes other constructor arguments than its message cannot be
+    unpickled in the parent (the pool then only reports a broken pool); it is re-raised as a
+    :class:`PnnunetError` (user errors) or ``RuntimeError`` with the same message.
+    """
+    try:
+        return fn(*args)
+    except Exception as e:
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:
+            if isinstance(e, PnnunetError):
+                raise PnnunetError(str(e)) from None
+            raise RuntimeError(f"{type(e).__name__}: {e}") from None
+        raise
+
+
+def map_in_pool(fn: Callable, arg_tuples: Sequence[tuple], num_processes: int = 2, progress: bool = True,
+                desc: str = "") -> list:
+    """``[fn(*args) for args in arg_tuples]``, in a spawn process pool when ``num_processes > 1``.
+
+    Results keep the input order. A worker that dies (e.g. killed for lack of memory) raises
+    instead of hanging. ``fn`` must be importable (module level) for the pool.
+    """
+    results: list[Any] = [None] * len(arg_tuples)
+    with tqdm(total=len(arg_tuples), desc=desc, disable=not progress) as bar:
+        if num_processes <= 1 or len(arg_tuples) <= 1:
+            for i, args in enumerate(arg_tuples):
+                results[i] = fn(*args)
+                bar.update()
+            return results
+        with ProcessPoolExecutor(max_workers=min(num_processes, len(arg_tuples)), mp_context=get_context("spawn"),
+                                 initializer=_single_thread_worker) as pool:
+            futures = {pool.submit(_call_picklable, fn, args): i for i, args in enumerate(arg_tuples)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+    return results
+
+
+def preprocessing_marker(plans: dict, config: dict, dataset_json: dict) -> dict:
+    """The JSON-normalized record of everything that decides a folder's preprocessed arrays."""
+    marker = {
+        "format": MARKER_FORMAT,
+        "transpose_forward": plans["transpose_forward"],
+        "foreground_intensity_properties_per_channel": plans.get("foreground_intensity_properties_per_channel"),
+        "labels": dataset_json.get("labels"),
+        "regions_class_order": dataset_json.get("regions_class_order"),
+        "configuration": {k: config.get(k) for k in _CONFIG_KEYS},
+    }
+    return json.loads(json.dumps(marker))
+
+
+def _process_case(case: str, image_files: list[str], seg_file: str | None, plans: dict, config: dict,
+                  dataset_json: dict, reader_writer, out_folder: str) -> str:
+    data, seg, props = preprocess_case_files(image_files, seg_file, plans, config, dataset_json, reader_writer)
+    save_preprocessed_case(out_folder, case, data, seg, props)
+    return case
+
+
+def _case_is_current(folder: Path, case: str, entry: dict) -> bool:
+    if not is_case_done(folder, case):
+        return False
+    done_at = case_files(folder, case)["properties"].stat().st_mtime
+    sources = [*entry["images"], *([entry["label"]] if entry.get("label") else [])]
+    return all(Path(p).stat().st_mtime <= done_at for p in sources)
+
+
+def _prepare_folder(folder: Path, marker: dict, clean: bool) -> bool:
+    """Create/validate ``folder``; returns True if it was (re)built from scratch."""
+    marker_file = folder / MARKER_NAME
+    if folder.is_dir():
+        old = load_json(marker_file) if marker_file.is_file() else None
+        if not clean and old == marker:
+            return False
+        reason = "--clean was given" if clean else ("its preprocessing settings changed" if old else "it has no marker")
+        log.info("rebuilding %s because %s", folder, reason)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker_file, marker)
+    return True
+
+
+def copy_gt_segmentations(cases: dict, target_dir: Path | str, file_ending: str) -> int:
+    """Copy every case's label file to ``target_dir/{case}{file_ending}`` if missing or older; returns #copied."""
+    target_dir = Path(target_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for case, entry in sorted(cases.items()):
+        src = entry.get("label")
+        if not src:
+            continue
+        dst = target_dir / f"{case}{file_ending}"
+        if dst.is_file() and dst.stat().st_mtime >= Path(src).stat().st_mtime:
+            continue
+        with atomic_path(dst) as tmp:
+            shutil.copy2(src, tmp)
+        copied += 1
+    return copied
+
+
+def _group_by_identifier(plans: dict, configurations: Iterable[str], dataset_json: dict) -> dict[str, dict]:
+    groups: dict[str, dict] = {}
+    for name in configurations:
+        config = resolve_configuration(plans, name)
+        ident = config["data_identifier"]
+        marker = preprocessing_marker(plans, config, dataset_json)
+        if ident in groups:
+            if groups[ident]["marker"] != marker:
+                raise PnnunetError(f"configurations {groups[ident]['names'] + [name]} share the data identifier "
+                                   f"'{ident}' but preprocess differently; give them different data_identifiers")
+            groups[ident]["names"].append(name)
+        else:
+            groups[ident] = {"names": [name], "config": config, "marker": marker}
+    return groups
+
+
+def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str, plans: dict,
+                       configurations: Sequence[str], dataset_json: dict, reader_writer, num_processes: int = 2,
+                       clean: bool = False, progress: bool = True, cases: dict | None = None) -> dict:
+    """Preprocess all training cases for the given configurations (reference §4).
+
+    Parameters
+    ----------
+    raw_dir : the raw dataset folder (``imagesTr``, ``labelsTr``, dataset.json)
+    preprocessed_dataset_dir : ``$pnnunet_preprocessed/DatasetXXX_Name``
+    plans : plans dict (upstream v2 keys)
+    configurations : configuration names; configurations sharing a ``data_identifier`` are done once
+    dataset_json : the dataset's dataset.json dict
+    reader_writer : an :class:`pnnunet.imageio.ImageIO`
+    num_processes : worker processes (0 or 1: in this process)
+    clean : rebuild the output folders even if they are current
+    cases : ``{case: {"images": [...], "label": ...}}``; default: discovered in ``raw_dir``
+
+    Returns
+    -------
+    summary : ``{"data_identifiers": {identifier: {"configurations", "folder", "rebuilt",
+        "cases_done", "cases_skipped", "seconds"}}, "gt_segmentations_copied", "seconds"}``
+    """
+    t_start = time.perf_counter()
+    if cases is None:
+        from pnnunet.dataset import get_training_cases
+        cases = get_training_cases(raw_dir, dataset_json)
+    out_root = Path(preprocessed_dataset_dir)
+    summary: dict = {"data_identifiers": {}}
+    for ident, group in _group_by_identifier(plans, configurations, dataset_json).items():
+        t0 = time.perf_counter()
+        folder = out_root / ident
+        rebuilt = _prepare_folder(folder, group["marker"], clean)
+        todo = [c for c in sorted(cases) if not _case_is_current(folder, c, cases[c])]
+        args = [(c, [str(p) for p in cases[c]["images"]], str(cases[c]["label"]) if cases[c].get("label") else None,
+                 plans, group["config"], dataset_json, reader_writer, str(folder)) for c in todo]
+        map_in_pool(_process_case, args, num_processes, progress, desc=f"preprocessing {ident}")
+        summary["data_identifiers"][ident] = {
+            "configurations": group["names"], "folder": str(folder), "rebuilt": rebuilt,
+            "cases_done": len(todo), "cases_skipped": len(cases) - len(todo),
+            "seconds": round(time.perf_counter() - t0, 3)}
+        log.info("%s: %d case(s) preprocessed, %d already done", ident, len(todo), len(cases) - len(todo))
+    summary["gt_segmentations_copied"] = copy_gt_segmentations(cases, out_root / "gt_segmentations",
+                                                               dataset_json["file_ending"])
+    summary["seconds"] = round(time.perf_counter() - t_start, 3)
+    return summary
