@@ -125,10 +125,9 @@ def _preprocess(args: argparse.Namespace, raw_dir: Path, pre_dir: Path, plans: d
     get_training_cases(raw_dir, dataset_json)  # fail early on a broken folder
     for c in configs:
         print(f"preprocessing {c} ...")
-        summary = preprocess_dataset(raw_dir, pre_dir, plans, [c], dataset_json,
+        preprocess_dataset(raw_dir, pre_dir, plans, [c], dataset_json,
                                      reader_writer_by_name(plans["image_reader_writer"]),
                                      num_processes=args.np, clean=args.clean, progress=not args.no_pbar)
-        print(f"  {summary}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
