@@ -95,3 +95,27 @@ def test_overwrite_target_spacing_changes_2d_too():  # §3.1.6 / App. G.15
     plans = plan_experiment(fp, dj, "D", "SimpleITKIO", PlannerSettings(overwrite_target_spacing=(3.0, 0.5, 2.0)))
     assert plans["transpose_forward"] == [0, 1, 2]  # coarsest first, the rest ascending
     assert plans["configurations"]["2d"]["spacing"] == [0.5, 2.0]
+
+
+EXPECTED = __import__("pathlib").Path(__file__).parent / "expected"
+SCENARIOS = sorted(p.name for p in EXPECTED.iterdir() if (p / "upstream_plans.json").is_file())
+
+
+@pytest.mark.upstream
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_synthetic_scenarios_equal_upstream(scenario):
+    """CT, anisotropy (10th percentile, clamp, transposition), lowres + cascade, multi-channel mixed
+    normalization, ignore label, batch-size rules and the real 2D ISBI PNG dataset (fixtures made by
+    benchmarks/upstream/make_planning_fixtures.py with upstream nnU-Net 2.8.1)."""
+    d = EXPECTED / scenario
+    fingerprint = json.loads((d / "dataset_fingerprint.json").read_text())
+    dataset_json = json.loads((d / "dataset.json").read_text())
+    upstream = json.loads((d / "upstream_plans.json").read_text())
+    ours = plan_experiment(fingerprint, dataset_json, upstream["dataset_name"], upstream["image_reader_writer"])
+    assert plan_differences(ours, upstream) == []
+
+
+def test_scenarios_cover_the_rules():
+    assert len(SCENARIOS) >= 13
+    names = set(SCENARIOS)
+    assert {"ct_abdomen_lowres", "prostate_aniso", "isbi_2d", "multichannel_mixed_norm"} <= names
