@@ -1,0 +1,105 @@
+"""``pnnunet_train CONFIG FOLD``: train one fold, then validate it (reference §5, §9.2)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from pnnunet.cli.common import add_dataset_arg, get_roots, run_cli
+from pnnunet.errors import PnnunetError
+from pnnunet.training.config import DEFAULT_TRAINER
+
+log = logging.getLogger("pnnunet")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pnnunet_train", description="Train one fold of a configuration, then run "
+                                                                  "the final validation of that fold.")
+    p.add_argument("configuration", help="2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres or a custom one in the plans")
+    p.add_argument("fold", help="0-4, or 'all' (train on all cases)")
+    add_dataset_arg(p)
+    p.add_argument("-tr", default=DEFAULT_TRAINER, help="trainer variant, e.g. pnnunetTrainer_5epochs "
+                                                       "(upstream nnUNetTrainer_* names are accepted)")
+    p.add_argument("-p", default="pnnunetPlans", help="plans name (default pnnunetPlans)")
+    p.add_argument("-device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    p.add_argument("--npz", action="store_true", help="also save validation probabilities (needed for ensembling)")
+    p.add_argument("--c", "--continue", dest="resume", action="store_true", help="resume from the last checkpoint")
+    p.add_argument("--val", action="store_true", help="only run the final validation (needs checkpoint_final)")
+    p.add_argument("--val_best", "--val-best", action="store_true", help="validate with checkpoint_best")
+    p.add_argument("--pretrained_weights", "-pretrained_weights", type=Path, default=None,
+                   help="initialise from this checkpoint (all layers but the segmentation heads)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--iterations_per_epoch", "--iterations-per-epoch", type=int, default=None)
+    p.add_argument("--val_iterations_per_epoch", "--val-iterations-per-epoch", type=int, default=None)
+    p.add_argument("--save_every", "--save-every", type=int, default=None, help="checkpoint_latest every N epochs")
+    p.add_argument("--num_workers", "--num-workers", type=int, default=None,
+                   help="augmentation worker processes (default: env pnnunet_n_proc_DA or min(2, cores)); 0 = in-process")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no_pbar", "--no-pbar", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def _fold(value: str) -> int | str:
+    if value == "all":
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise PnnunetError(f"fold '{value}' is not a number or 'all'\n  fix: use 0-4 or all") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    from pnnunet.dataset.resolve import resolve_dataset
+    from pnnunet.fileio import load_json
+    from pnnunet.paths import env_int
+    from pnnunet.planning.plans import load_plans
+    from pnnunet.training.config import make_train_config
+    from pnnunet.training.device import pick_device
+    from pnnunet.training.pretrained import load_pretrained_weights
+    from pnnunet.training.trainer import Trainer, TrainingJob
+
+    roots = get_roots()
+    name = resolve_dataset(args.dataset, roots.raw, roots.preprocessed, dataset_id=args.dataset_id)
+    pre_dir = roots.preprocessed / name
+    plans = load_plans(pre_dir / f"{args.p}.json")
+    dataset_json = load_json(pre_dir / "dataset.json")
+    workers = args.num_workers if args.num_workers is not None else env_int("pnnunet_n_proc_DA",
+                                                                            min(2, os.cpu_count() or 1))
+    cfg = make_train_config(args.tr, num_epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                            val_iterations_per_epoch=args.val_iterations_per_epoch, save_every=args.save_every,
+                            num_workers=workers, seed=args.seed)
+    device = pick_device(args.device)
+    model_dir = roots.results / name / f"{args.tr}__{args.p}__{args.configuration}"
+    job = TrainingJob(pre_dir, model_dir, plans, args.configuration, _fold(args.fold), dataset_json, args.tr, cfg,
+                      device, progress_bar=not args.no_pbar)
+    trainer = Trainer(job)
+    job.fold_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(job.fold_dir / "training_log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        if not (args.val or args.val_best):
+            if args.pretrained_weights is not None:
+                trainer.pretrained_weights = load_pretrained_weights(args.pretrained_weights)
+            trainer.fit(resume=args.resume)
+        summary = trainer.final_validation("checkpoint_best" if args.val_best else "checkpoint_final",
+                                           save_probabilities=args.npz)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    print(f"fold {job.fold}: mean foreground Dice {summary['foreground_mean']['Dice']:.4f} "
+          f"({job.fold_dir / 'validation' / 'summary.json'})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_run, _parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Device choice and CPU threading for Paddle."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pnnunet.errors import PnnunetError
+
+log = logging.getLogger(__name__)
+
+
+def import_paddle():
+    """Import Paddle or explain which wheel to install."""
+    try:
+        import paddle
+    except ImportError:
+        raise PnnunetError("PaddlePaddle is not installed\n  fix: pip install \"pnnunet[cpu]\" for the CPU build, or "
+                           "install paddlepaddle-gpu for NVIDIA GPUs (not both)") from None
+    return paddle
+
+
+def pick_device(requested: str | None = "auto") -> str:
+    """'gpu' when requested or (auto) when Paddle sees a CUDA device, else 'cpu'; sets Paddle's device."""
+    paddle = import_paddle()
+    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    requested = (requested or "auto").lower()
+    if requested in ("gpu", "cuda"):
+        if not has_gpu:
+            raise PnnunetError("-device gpu was requested but Paddle sees no GPU\n  fix: install paddlepaddle-gpu "
+                               "matching your CUDA, or use -device cpu")
+        device = "gpu"
+    elif requested == "cpu":
+        device = "cpu"
+    elif requested == "auto":
+        device = "gpu" if has_gpu else "cpu"
+    else:
+        raise PnnunetError(f"unknown device '{requested}'\n  fix: use -device cpu, gpu or auto")
+    paddle.set_device(device)
+    if device == "cpu":
+        set_cpu_threads()
+    return device
+
+
+def set_cpu_threads(n: int | None = None) -> int:
+    """Let Paddle's CPU kernels use ``n`` threads (default: all cores). ``import paddle`` sets 1."""
+    paddle = import_paddle()
+    n = n or os.cpu_count() or 1
+    try:
+        paddle.base.core.set_num_threads(n)
+    except AttributeError:  # older Paddle
+        log.debug("paddle.base.core.set_num_threads not available")
+    return n

@@ -1,0 +1,298 @@
+"""The training loop: epochs, pseudo-Dice, checkpoints, resume and final validation (§5.7–5.10).
+
+:class:`Trainer` is built from values (no I/O in the constructor); :meth:`Trainer.fit` trains and
+:meth:`Trainer.final_validation` predicts the fold's held-out cases and writes
+``validation/summary.json``. The whole session runs inside ``paddle.utils.unique_name.guard()``
+so that optimizer state restores bit-exactly (see checkpoints.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import pnnunet
+from pnnunet.dataset.labels import LabelInfo
+from pnnunet.errors import PnnunetError
+from pnnunet.fileio import write_json_atomic
+from pnnunet.planning.plans import ConfigurationPlan, resolve_configuration
+from pnnunet.training import checkpoints as ck
+from pnnunet.training.config import TrainConfig
+from pnnunet.training.device import import_paddle
+from pnnunet.training.progress import ProgressLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingJob:
+    """What one fold's training is about (all paths explicit)."""
+
+    preprocessed_dataset_dir: Path
+    model_dir: Path  # $results/DatasetXXX/<Trainer>__<Plans>__<config>
+    plans: dict
+    configuration: str
+    fold: int | str
+    dataset_json: dict
+    trainer_name: str
+    config: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "cpu"
+    progress_bar: bool = True
+
+    @property
+    def fold_dir(self) -> Path:
+        return self.model_dir / f"fold_{self.fold}"
+
+    @property
+    def plan(self) -> ConfigurationPlan:
+        return ConfigurationPlan.from_plans(self.plans, self.configuration)
+
+
+def _check_compatible(ckpt: dict, job: TrainingJob, path: Path) -> None:
+    stored = ckpt.get("init_args", {})
+    if stored.get("configuration") != job.configuration:
+        raise PnnunetError(f"{path}: made for configuration '{stored.get('configuration')}', not "
+                           f"'{job.configuration}'\n  fix: use the matching configuration or a new output folder")
+    ours = resolve_configuration(job.plans, job.configuration)
+    theirs = resolve_configuration(stored["plans"], job.configuration)
+    for key in ("patch_size", "spacing", "architecture", "normalization_schemes"):
+        if ours.get(key) != theirs.get(key):
+            raise PnnunetError(f"{path}: was trained with a different plan ('{key}' differs)\n  fix: retrain "
+                               "without --c, or restore the plans file the checkpoint was made with")
+    if stored.get("num_epochs") not in (None, job.config.num_epochs):
+        raise PnnunetError(f"{path}: was trained for {stored['num_epochs']} epochs, now {job.config.num_epochs} "
+                           "requested\n  fix: resume with the same number of epochs (the LR schedule depends on it)")
+
+
+class Trainer:
+    def __init__(self, job: TrainingJob):
+        self.job = job
+        self.cfg = job.config
+        self.plan = job.plan
+        self.labels = LabelInfo.from_dataset_json(job.dataset_json)
+        if self.labels.has_regions:
+            raise PnnunetError("region-based training (dataset.json labels with lists) is not supported yet\n"
+                               "  fix: train with plain integer labels")
+        self.num_input_channels = len(job.dataset_json.get("channel_names") or job.dataset_json["modality"])
+        self.num_heads = self.labels.num_segmentation_heads
+        self.progress = ProgressLog()
+        self.current_epoch = 0
+        self.pretrained_weights: dict | None = None  # applied to a fresh (not resumed) network
+
+    # ---- building blocks -------------------------------------------------------------------
+    def _build(self):
+        paddle = import_paddle()
+        from pnnunet.training.deep_supervision import ds_weights
+        from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
+        from pnnunet.training.network import build_network
+
+        self.network = build_network(self.plan.raw, self.num_input_channels, self.num_heads, deep_supervision=True)
+        self.optimizer = paddle.optimizer.Momentum(
+            learning_rate=self.cfg.initial_lr, momentum=self.cfg.momentum, use_nesterov=True,
+            weight_decay=paddle.regularizer.L2Decay(self.cfg.weight_decay), parameters=self.network.parameters(),
+            grad_clip=paddle.nn.ClipGradByGlobalNorm(self.cfg.grad_clip_norm))
+        weights = ds_weights(self.plan.arch_kwargs["n_stages"])
+        self.loss = DeepSupervisionLoss(DCandCELoss(batch_dice=self.plan.batch_dice,
+                                                    ignore_label=self.labels.ignore_label), weights)
+        self.amp = self.job.device == "gpu"
+        self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 16) if self.amp else None
+
+    def _payload(self) -> dict:
+        return {
+            "network_weights": self.network.state_dict(),
+            "optimizer_state": ck.optimizer_state_by_structured_names(self.network, self.optimizer),
+            "grad_scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
+            "logging": self.progress.to_dict(),
+            "current_epoch": self.current_epoch,
+            "init_args": {"plans": self.job.plans, "configuration": self.job.configuration, "fold": self.job.fold,
+                          "dataset_json": self.job.dataset_json, "num_epochs": self.cfg.num_epochs},
+            "train_config": self.cfg.__dict__,
+            "trainer_name": self.job.trainer_name,
+            "inference_allowed_mirroring_axes": self.mirror_axes,
+            "pnnunet_version": pnnunet.__version__,
+        }
+
+    def _save(self, name: str) -> None:
+        ck.save_checkpoint(ck.checkpoint_path(self.job.fold_dir, name), self._payload())
+
+    def _restore(self, path: Path) -> None:
+        state = ck.load_checkpoint(path)
+        _check_compatible(state, self.job, path)
+        self.network.set_state_dict(state["network_weights"])
+        ck.load_optimizer_state(self.network, self.optimizer, state["optimizer_state"])
+        if self.scaler is not None and state.get("grad_scaler_state"):
+            self.scaler.load_state_dict(state["grad_scaler_state"])
+        self.progress = ProgressLog.from_dict(state["logging"])
+        self.current_epoch = int(state["current_epoch"])
+        log.info("resumed from %s at epoch %d", path.name, self.current_epoch)
+
+    @property
+    def mirror_axes(self) -> list[int]:
+        from pnnunet.training.sampling import rotation_and_mirroring
+
+        if not self.cfg.mirroring:
+            return []
+        return list(rotation_and_mirroring(self.plan.patch_size)["mirror_axes"])
+
+    # ---- steps --------------------------------------------------------------------------------
+    def _train_step(self, batch: dict) -> float:
+        paddle = import_paddle()
+        data = paddle.to_tensor(batch["data"])
+        targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in batch["target"]]
+        self.optimizer.clear_grad()
+        if self.amp:
+            with paddle.amp.auto_cast():
+                out = self.network(data)
+                loss = self.loss(out, targets)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # unscales before the optimizer's global-norm clip
+            self.scaler.update()
+        else:
+            out = self.network(data)
+            loss = self.loss(out, targets)
+            loss.backward()
+            self.optimizer.step()
+        return float(loss.numpy())
+
+    def _val_step(self, batch: dict) -> tuple[float, np.ndarray]:
+        """Loss and (tp, fp, fn) per foreground class of the highest-resolution output (§5.7)."""
+        paddle = import_paddle()
+        data = paddle.to_tensor(batch["data"])
+        targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in batch["target"]]
+        out = self.network(data)
+        loss = float(self.loss(out, targets).numpy())
+        pred = out[0].argmax(axis=1).numpy()
+        tgt = np.asarray(batch["target"][0])[:, 0]
+        mask = tgt != self.labels.ignore_label if self.labels.ignore_label is not None else np.ones_like(tgt, bool)
+        stats = np.zeros((len(self.labels.foreground_labels), 3), dtype=np.int64)
+        for i, c in enumerate(self.labels.foreground_labels):
+            p, t = (pred == c) & mask, (tgt == c) & mask
+            stats[i] = (np.sum(p & t), np.sum(p & ~t), np.sum(~p & t))
+        return loss, stats
+
+    # ---- main entry points --------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> None:
+        paddle = import_paddle()
+        from pnnunet.training.augmentation import make_batch_iterators
+        from pnnunet.training.lr_schedule import set_epoch_lr
+
+        job, cfg = self.job, self.cfg
+        job.fold_dir.mkdir(parents=True, exist_ok=True)
+        self._write_model_files()
+        train_ids, val_ids = self.split()
+        log.info("pnnunet %s, paddle %s, device %s | %s fold %s: %d training, %d validation cases",
+                 pnnunet.__version__, paddle.__version__, job.device, job.configuration, job.fold, len(train_ids),
+                 len(val_ids))
+        log.info("patch %s, batch %d, %d epochs x %d iterations (val %d)", list(self.plan.patch_size),
+                 self.plan.batch_size, cfg.num_epochs, cfg.iterations_per_epoch, cfg.val_iterations_per_epoch)
+        with paddle.utils.unique_name.guard():
+            paddle.seed(cfg.seed)
+            self._build()
+            if resume and (path := ck.latest_existing(job.fold_dir)) is not None:
+                self._restore(path)
+            else:
+                if resume:
+                    log.info("no checkpoint in %s: starting from scratch", job.fold_dir)
+                if self.pretrained_weights is not None:
+                    from pnnunet.training.pretrained import apply_pretrained_weights
+
+                    apply_pretrained_weights(self.network, self.pretrained_weights)
+            if self.current_epoch >= cfg.num_epochs:
+                log.info("training already finished (%d epochs)", self.current_epoch)
+                return
+            folder = job.preprocessed_dataset_dir / self.plan.data_identifier
+            train_iter, val_iter = make_batch_iterators(folder, self.plan, train_ids, val_ids, cfg.num_workers,
+                                                        seed=cfg.seed + 1000 * self.current_epoch,
+                                                        oversample_foreground=cfg.oversample_foreground,
+                                                        mirroring=cfg.mirroring)
+            try:
+                for epoch in range(self.current_epoch, cfg.num_epochs):
+                    self._run_epoch(epoch, train_iter, val_iter, set_epoch_lr)
+            finally:
+                for it in (train_iter, val_iter):
+                    if hasattr(it, "close"):
+                        it.close()
+            self._save("checkpoint_final")
+            ck.remove_if_exists(ck.checkpoint_path(job.fold_dir, "checkpoint_latest"))
+            log.info("training finished: %d epochs, best EMA pseudo-Dice %.4f", self.current_epoch,
+                     self.progress.best_ema or float("nan"))
+
+    def _run_epoch(self, epoch: int, train_iter, val_iter, set_epoch_lr) -> None:
+        paddle = import_paddle()
+        cfg = self.cfg
+        start = time.time()
+        lr = set_epoch_lr(self.optimizer, epoch, cfg.num_epochs, cfg.initial_lr)
+        self.network.train()
+        losses = []
+        bar = tqdm(range(cfg.iterations_per_epoch), desc=f"epoch {epoch}", leave=False,
+                   disable=not self.job.progress_bar)
+        for _ in bar:
+            losses.append(self._train_step(next(train_iter)))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        self.network.eval()
+        val_losses, stats = [], np.zeros((len(self.labels.foreground_labels), 3), dtype=np.int64)
+        with paddle.no_grad():
+            for _ in range(cfg.val_iterations_per_epoch):
+                vl, st = self._val_step(next(val_iter))
+                val_losses.append(vl)
+                stats += st
+        tp, fp, fn = stats[:, 0], stats[:, 1], stats[:, 2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dice = (2 * tp / (2 * tp + fp + fn)).tolist()
+        is_best = self.progress.record_epoch(lr, start, float(np.mean(losses)),
+                                             float(np.mean(val_losses)) if val_losses else float("nan"), dice,
+                                             cfg.ema_alpha)
+        self.current_epoch = epoch + 1
+        log.info(self.progress.epoch_line(epoch))
+        if is_best:
+            log.info("new best EMA pseudo-Dice: %.4f", self.progress.best_ema)
+            self._save("checkpoint_best")
+        if self.current_epoch % cfg.save_every == 0 and self.current_epoch != cfg.num_epochs:
+            self._save("checkpoint_latest")
+        self.progress.plot(self.job.fold_dir / "progress.png")
+
+    def split(self) -> tuple[list[str], list[str]]:
+        from pnnunet.preprocessing.storage import list_cases
+        from pnnunet.training.splits import get_fold, load_or_create_splits
+
+        folder = self.job.preprocessed_dataset_dir / self.plan.data_identifier
+        case_ids = list_cases(folder)
+        if not case_ids:
+            raise PnnunetError(f"{folder}: no preprocessed cases\n  fix: run pnnunet_plan_and_preprocess "
+                               f"-c {self.job.configuration} first")
+        splits = load_or_create_splits(self.job.preprocessed_dataset_dir, case_ids)
+        return get_fold(splits, self.job.fold, case_ids)
+
+    def _write_model_files(self) -> None:
+        md = self.job.model_dir
+        write_json_atomic(md / "plans.json", self.job.plans)
+        write_json_atomic(md / "dataset.json", self.job.dataset_json)
+        fp = self.job.preprocessed_dataset_dir / "dataset_fingerprint.json"
+        if fp.is_file():
+            shutil.copyfile(fp, md / "dataset_fingerprint.json")
+        write_json_atomic(self.job.fold_dir / "train_config.json",
+                          {"trainer": self.job.trainer_name, **self.cfg.__dict__, "device": self.job.device})
+
+    def final_validation(self, checkpoint: str = "checkpoint_final", save_probabilities: bool = False) -> dict:
+        """Predict the held-out cases of this fold and write ``validation/summary.json`` (§5.10)."""
+        from pnnunet.training.validation import validate_fold
+
+        paddle = import_paddle()
+        path = ck.checkpoint_path(self.job.fold_dir, checkpoint)
+        if not path.is_file():
+            raise PnnunetError(f"{path}: not found\n  fix: train this fold first (final validation needs "
+                               f"{checkpoint}.pdparams)")
+        with paddle.utils.unique_name.guard():
+            self._build()
+            state = ck.load_checkpoint(path)
+            _check_compatible(state, self.job, path)
+            self.network.set_state_dict(state["network_weights"])
+        _, val_ids = self.split()
+        return validate_fold(self.network, self.job, self.plan, val_ids, state.get("inference_allowed_mirroring_axes",
+                                                                                  self.mirror_axes), save_probabilities)

@@ -1,0 +1,73 @@
+"""End to end on the bundled real sample: plan (tiny preset) → preprocess → train a few epochs →
+kill → resume with --c → final validation → summary.json (reference §5.7–5.10)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pnnunet.training.lr_schedule import poly_lr
+from tests.conftest import BUNDLED_SAMPLE
+
+pytestmark = pytest.mark.e2e
+EPOCHS = 4
+
+
+def _env(ws: Path) -> dict:
+    env = dict(os.environ)
+    env.update(pnnunet_raw=str(ws / "raw"), pnnunet_preprocessed=str(ws / "pre"), pnnunet_results=str(ws / "res"),
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def _cli(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"pnnunet.cli.{module}", *args]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("e2e")
+    subprocess.run(_cli("plan_and_preprocess", "-d", str(BUNDLED_SAMPLE), "-pl", "tiny", "-c", "3d_fullres", "-np",
+                        "1", "--no_pbar"), env=_env(ws), check=True, capture_output=True, text=True)
+    return ws
+
+
+def test_train_kill_resume_validate(workspace):
+    env = _env(workspace)
+    args = ["3d_fullres", "0", "-p", "pnnunetTinyPlans", "--epochs", str(EPOCHS), "--iterations_per_epoch", "3",
+            "--val_iterations_per_epoch", "2", "--num_workers", "0", "-device", "cpu", "--no_pbar"]
+    fold = workspace / "res" / "Dataset004_Hippocampus_sample" / "pnnunetTrainer__pnnunetTinyPlans__3d_fullres" / "fold_0"
+    latest = fold / "checkpoint_latest.pdparams"
+    proc = subprocess.Popen(_cli("train", *args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (fold / "checkpoint_final.pdparams").exists()
+
+    out = subprocess.run(_cli("train", *args, "--c"), env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (fold / "training_log.txt").read_text()
+    assert "resumed from checkpoint_latest" in log
+
+    import paddle
+
+    state = paddle.load(str(fold / "checkpoint_final.pdparams"))
+    assert state["current_epoch"] == EPOCHS
+    lrs = state["logging"]["lrs"]  # one entry per epoch, exactly the uninterrupted poly schedule
+    assert lrs == pytest.approx([poly_lr(e, EPOCHS) for e in range(EPOCHS)], rel=1e-12)
+    assert not latest.exists()
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    splits = json.loads((workspace / "pre" / "Dataset004_Hippocampus_sample" / "splits_final.json").read_text())
+    assert len(summary["metric_per_case"]) == len(splits[0]["val"]) == 4
+    assert set(summary["mean"]) == {"1", "2"}
+    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    assert (fold / "progress.png").exists()
+    assert "mean foreground Dice" in out.stdout
