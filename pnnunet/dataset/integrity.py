@@ -14,17 +14,14 @@ Files are only read; nothing under the dataset folder is written.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
 from pnnunet.dataset.cases import scan_training_cases
 from pnnunet.dataset.dataset_json import load_dataset_json
 from pnnunet.dataset.labels import LabelInfo
+from pnnunet.parallel import map_in_pool
 from pnnunet.errors import DatasetError, DatasetProblems
 from pnnunet.imageio import reader_writer_by_name, reader_writer_for
 
@@ -116,24 +113,6 @@ def _check_case_star(args: tuple) -> tuple[list[Problem], list[str]]:
     return check_case(*args)
 
 
-def parallel_map(fn: Callable[[Any], Any], jobs: list, num_processes: int) -> list:
-    """``[fn(j) for j in jobs]``, in ``num_processes`` spawned worker processes when that is > 1.
-
-    ``fn`` must be a module-level function and jobs/results picklable. Spawn (not fork) is safe
-    whatever the parent has imported (Paddle, threads). If the workers cannot start (e.g. the main
-    script is read from stdin), the work is done in this process instead of hanging.
-    """
-    if num_processes <= 1 or len(jobs) <= 1:
-        return [fn(j) for j in jobs]
-    n = min(num_processes, len(jobs))
-    try:
-        with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn")) as ex:
-            return list(ex.map(fn, jobs, chunksize=max(1, len(jobs) // (4 * n))))
-    except BrokenProcessPool as e:
-        log.warning("worker processes failed (%s); continuing in this process", e)
-        return [fn(j) for j in jobs]
-
-
 def verify_dataset_integrity(raw_dir: Path, num_processes: int = 2) -> None:
     """Check a raw dataset folder and raise one :class:`DatasetProblems` listing every problem.
 
@@ -173,7 +152,7 @@ def verify_dataset_integrity(raw_dir: Path, num_processes: int = 2) -> None:
                                       what=f"integrity check of {raw_dir.name}") from None
         jobs = [(case, [str(p) for p in c["images"]], str(c["label"]), rw.name, len(dj["channel_names"]),
                  info.expected_values) for case, c in cases.items()]
-        for case_problems, warns in parallel_map(_check_case_star, jobs, num_processes):
+        for case_problems, warns in map_in_pool(_check_case_star, [(j,) for j in jobs], num_processes, progress=False):
             problems += [DatasetError(*p) for p in case_problems]
             for w in warns:
                 log.warning(w)

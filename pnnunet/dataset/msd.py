@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pnnunet.dataset.dataset_json import is_msd_dataset_json, load_dataset_json, validate_dataset_json
-from pnnunet.dataset.integrity import parallel_map
+from pnnunet.parallel import map_in_pool
 from pnnunet.errors import DatasetError, DatasetProblems, PnnunetError
 from pnnunet.fileio import load_json, write_json_atomic
 
@@ -281,7 +281,7 @@ def _run_job(job: Job) -> tuple[str, str, str] | None:
 
 
 def _run_jobs(jobs: list[Job], num_processes: int, what: str) -> None:
-    results = parallel_map(_run_job, jobs, num_processes if len(jobs) >= 8 else 1)
+    results = map_in_pool(_run_job, [(j,) for j in jobs], num_processes if len(jobs) >= 8 else 1, progress=False)
     problems = [DatasetError(*r) for r in results if r is not None]
     if len(problems) == 1:
         raise problems[0]

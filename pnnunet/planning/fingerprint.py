@@ -127,7 +127,7 @@ def extract_fingerprint(cases: dict, reader_writer, num_processes: int = 2, prog
     ``foreground_intensity_properties_per_channel`` (``{"0": {max, mean, median, min,
     percentile_00_5, percentile_99_5, std}}``) and ``median_relative_size_after_cropping``.
     """
-    from pnnunet.preprocessing.run import map_in_pool
+    from pnnunet.parallel import map_in_pool
 
     if not cases:
         raise PnnunetError("the dataset has no training cases; check imagesTr/labelsTr")

@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pickle
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-from tqdm import tqdm
 
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path, load_json, write_json_atomic
+from pnnunet.parallel import map_in_pool
 from pnnunet.preprocessing.preprocessor import preprocess_case_files, resolve_configuration
 from pnnunet.preprocessing.storage import case_files, is_case_done, save_preprocessed_case
 
@@ -39,62 +35,6 @@ MARKER_FORMAT = 1
 # configuration entries that change the preprocessed arrays
 _CONFIG_KEYS = ("data_identifier", "preprocessor_name", "spacing", "normalization_schemes", "use_mask_for_norm",
                 "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg", "resampling_fn_seg_kwargs")
-_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
-
-
-def _single_thread_worker() -> None:
-    """Pool initializer: one compute thread per worker process (workers already share the cores)."""
-    for name in _THREAD_ENV:
-        os.environ[name] = "1"
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(1)
-    except ImportError:  # threadpoolctl comes with scikit-learn; without it the env vars must do
-        pass
-    import SimpleITK as sitk
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
-def _call_picklable(fn: Callable, args: tuple):
-    """Run ``fn(*args)`` in a worker; re-raise an exception that cannot cross the process boundary.
-
-    An exception whose class takes other constructor arguments than its message cannot be
-    unpickled in the parent (the pool then only reports a broken pool); it is re-raised as a
-    :class:`PnnunetError` (user errors) or ``RuntimeError`` with the same message.
-    """
-    try:
-        return fn(*args)
-    except Exception as e:
-        try:
-            pickle.loads(pickle.dumps(e))
-        except Exception:
-            if isinstance(e, PnnunetError):
-                raise PnnunetError(str(e)) from None
-            raise RuntimeError(f"{type(e).__name__}: {e}") from None
-        raise
-
-
-def map_in_pool(fn: Callable, arg_tuples: Sequence[tuple], num_processes: int = 2, progress: bool = True,
-                desc: str = "") -> list:
-    """``[fn(*args) for args in arg_tuples]``, in a spawn process pool when ``num_processes > 1``.
-
-    Results keep the input order. A worker that dies (e.g. killed for lack of memory) raises
-    instead of hanging. ``fn`` must be importable (module level) for the pool.
-    """
-    results: list[Any] = [None] * len(arg_tuples)
-    with tqdm(total=len(arg_tuples), desc=desc, disable=not progress) as bar:
-        if num_processes <= 1 or len(arg_tuples) <= 1:
-            for i, args in enumerate(arg_tuples):
-                results[i] = fn(*args)
-                bar.update()
-            return results
-        with ProcessPoolExecutor(max_workers=min(num_processes, len(arg_tuples)), mp_context=get_context("spawn"),
-                                 initializer=_single_thread_worker) as pool:
-            futures = {pool.submit(_call_picklable, fn, args): i for i, args in enumerate(arg_tuples)}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                bar.update()
-    return results
 
 
 def preprocessing_marker(plans: dict, config: dict, dataset_json: dict) -> dict:

@@ -52,7 +52,8 @@ def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, save_prob
     seconds = time.perf_counter() - t0
     summary = compute_metrics_on_folder(job.preprocessed_dataset_dir / "gt_segmentations", out_dir,
                                         out_dir / "summary.json", rw, job.dataset_json["file_ending"],
-                                        labels.foreground_labels, labels.ignore_label, chill=True)
+                                        labels.foreground_regions if labels.has_regions else labels.foreground_labels,
+                                        labels.ignore_label, chill=True)
     log.info("final validation: %d cases in %.1f s; mean foreground Dice %.4f (%s)", len(val_ids), seconds,
              summary["foreground_mean"]["Dice"],
              ", ".join(f"{labels.names.get(int(k), k)} {v['Dice']:.4f}" for k, v in summary["mean"].items()))

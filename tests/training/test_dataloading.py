@@ -100,7 +100,7 @@ def test_2d_patches_are_slices_of_the_3d_volume(dataset):
         assert batch["data"].shape == (4, 1, 24, 20) and batch["seg"].shape == (4, 1, 24, 20)
         for d in batch["data"][:, 0]:
             v = d[d > 0].astype(np.int64) - 1
-            x, y, z = v // 10000, (v // 100) % 100, v % 100
+            x = v // 10000
             assert len(np.unique(x)) == 1  # one slice along axis 0
             slices_seen.add(int(x[0]))
             assert np.all(np.diff(d[d[:, 0] > 0][:, 0]) == 100)  # consecutive y along the patch's axis 0

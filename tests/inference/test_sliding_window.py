@@ -1,0 +1,270 @@
+"""Sliding-window prediction (pnnunet.inference.sliding_window; reference §7.3, §7.4, Appendix B).
+
+The "networks" here are small numpy functions whose sliding-window result can be worked out by
+hand: a per-voxel linear map (flip and translation equivariant, so every tiling and mirroring
+must reproduce it exactly) and the same map plus a fixed position-dependent bias (not
+equivariant: the result is a Gaussian-weighted mean of the bias over tiles and flips).
+"""
+
+import numpy as np
+import pytest
+
+from pnnunet.errors import PnnunetError
+from pnnunet.inference.sliding_window import (compute_gaussian, compute_steps, iter_tiles, mirror_combinations,
+                                              pad_to_patch, predict_sliding_window)
+
+RNG_SEED = 20261123
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix B vectors
+@pytest.mark.parametrize("size, patch, expected", [
+    (110, 64, [0, 23, 46]), (128, 128, [0]), (200, 128, [0, 36, 72]),
+    (512, 160, [0, 70, 141, 211, 282, 352]), (300, 192, [0, 54, 108]), (41, 40, [0, 1]),
+])  # reference Appendix B, "sliding-window starts (step 0.5)"
+def test_steps_appendix_b(size, patch, expected):
+    assert compute_steps([size], [patch], 0.5) == [expected]
+
+
+def test_steps_per_axis_and_step_size():
+    assert compute_steps([110, 128, 41], [64, 128, 40]) == [[0, 23, 46], [0], [0, 1]]
+    # step 1: n = ceil((S - p) / p) + 1
+    assert compute_steps([100], [40], 1.0) == [[0, 30, 60]]
+
+
+def test_steps_reject_bad_input():
+    with pytest.raises(ValueError, match="smaller than the patch"):
+        compute_steps([30], [40])
+    with pytest.raises(ValueError, match="step_size"):
+        compute_steps([50], [40], 0)
+
+
+def test_gaussian_3d_appendix_b():
+    # reference Appendix B: patch [40,56,40]: centre 10.0; float64 corner 3.78e-10; after the fp16
+    # cast 411 voxels are 0 and are set to 5.96e-08 (Appendix G.7)
+    g64 = compute_gaussian([40, 56, 40], dtype=np.float64)
+    assert g64[20, 28, 20] == pytest.approx(10.0, abs=1e-12)
+    assert g64.max() == pytest.approx(10.0, abs=1e-12)
+    assert g64[0, 0, 0] == pytest.approx(3.78e-10, rel=1e-3)
+    underflow = g64.astype(np.float32).astype(np.float16) == 0
+    assert int(underflow.sum()) == 411
+    g16 = compute_gaussian([40, 56, 40])
+    assert g16.dtype == np.float16 and g16.shape == (40, 56, 40)
+    assert g16[20, 28, 20] == 10.0
+    assert not np.any(g16 == 0)
+    assert float(g16.min()) == pytest.approx(5.96e-08, rel=1e-3)
+    assert np.all(g16[underflow] == g16.min())
+
+
+def test_gaussian_2d_appendix_b():
+    g = compute_gaussian([56, 40])
+    assert float(g[0, 0]) == pytest.approx(1.13e-06, rel=1e-2)
+    assert not np.any(compute_gaussian([56, 40], dtype=np.float64).astype(np.float16) == 0)
+    assert g[28, 20] == 10.0
+
+
+def test_gaussian_is_cached_and_read_only():
+    a = compute_gaussian((8, 10, 12))
+    assert compute_gaussian([8, 10, 12]) is a
+    with pytest.raises(ValueError):
+        a[0, 0, 0] = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# padding and tiles
+def test_pad_centred_odd_remainder_at_end():
+    data = np.arange(1 * 3 * 5 * 7, dtype=np.float32).reshape(1, 3, 5, 7) + 1
+    padded, slicer = pad_to_patch(data, (6, 8, 4))
+    assert padded.shape == (1, 6, 8, 7)
+    # axis 1: 3 → 6 pads (1, 2); axis 2: 5 → 8 pads (1, 2); axis 3 unchanged
+    assert slicer == (slice(0, 1), slice(1, 4), slice(1, 6), slice(0, 7))
+    assert np.array_equal(padded[slicer], data)
+    assert padded.sum() == data.sum()
+
+
+def test_pad_2d_patch_pads_last_two_axes_only():
+    data = np.ones((2, 4, 3, 9), dtype=np.float32)
+    padded, slicer = pad_to_patch(data, (6, 6))
+    assert padded.shape == (2, 4, 6, 9)
+    assert np.array_equal(padded[slicer], data)
+
+
+def test_pad_not_needed_returns_input():
+    data = np.zeros((1, 8, 8, 8), dtype=np.float32)
+    padded, _ = pad_to_patch(data, (8, 4, 2))
+    assert padded is data
+
+
+def test_tiles_3d_and_2d_on_3d():
+    tiles = list(iter_tiles((110, 40, 41), (64, 40, 40)))
+    assert len(tiles) == 3 * 1 * 2
+    assert tiles[0] == (slice(0, 64), slice(0, 40), slice(0, 40))
+    assert tiles[-1] == (slice(46, 110), slice(0, 40), slice(1, 41))
+    tiles2d = list(iter_tiles((3, 110, 40), (64, 40)))
+    assert len(tiles2d) == 3 * 3
+    assert tiles2d[0] == (0, slice(0, 64), slice(0, 40))
+    assert tiles2d[-1] == (2, slice(46, 110), slice(0, 40))
+
+
+def test_mirror_combinations_order():
+    assert mirror_combinations((0, 1, 2)) == [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert mirror_combinations((0, 1)) == [(), (0,), (1,), (0, 1)]
+    assert mirror_combinations(None) == [()]
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction with hand-computable "networks"
+class LinearNet:
+    """y[n, k] = sum_c W[k, c] x[n, c] + b[k] (+ bias[k] at each patch position): per-sample, elementwise."""
+
+    def __init__(self, n_in, n_out, patch=None, seed=RNG_SEED):
+        rng = np.random.default_rng(seed)
+        self.W = rng.normal(size=(n_out, n_in)).astype(np.float32)
+        self.b = rng.normal(size=n_out).astype(np.float32)
+        self.bias = None if patch is None else rng.normal(size=(n_out, *patch)).astype(np.float32)
+        self.batch_sizes = []
+
+    def pointwise(self, x):  # x (C, *S) → (K, *S), in float64 for the expected values
+        return np.einsum("kc,c...->k...", self.W.astype(np.float64), x.astype(np.float64)) + \
+            self.b.astype(np.float64).reshape(-1, *([1] * (x.ndim - 1)))
+
+    def __call__(self, x):
+        assert x.dtype == np.float32
+        self.batch_sizes.append(x.shape[0])
+        y = np.zeros((x.shape[0], self.W.shape[0], *x.shape[2:]), dtype=np.float32)
+        for k in range(self.W.shape[0]):
+            for c in range(self.W.shape[1]):
+                y[:, k] += self.W[k, c] * x[:, c]
+            y[:, k] += self.b[k]
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+@pytest.mark.parametrize("shape, patch, mirror", [
+    ((2, 13, 17, 11), (8, 10, 6), (0, 1, 2)),      # 3D, several tiles per axis
+    ((2, 5, 6, 4), (8, 10, 6), (0, 1, 2)),         # input smaller than the patch on every axis
+    ((1, 4, 23, 19), (12, 8), (0, 1)),             # 2D configuration on 3D data
+    ((1, 1, 30, 9), (16, 12), (0, 1)),             # 2D data (C, 1, X, Y), smaller on one axis
+    ((3, 21, 14), (8, 8), None),                   # pure 2D array, no mirroring
+])
+def test_equivariant_network_is_reproduced_exactly(shape, patch, mirror):
+    rng = np.random.default_rng(RNG_SEED)
+    data = rng.normal(size=shape).astype(np.float32)
+    net = LinearNet(shape[0], 3)
+    out = predict_sliding_window(net, data, patch, 3, mirror_axes=mirror)
+    assert out.dtype == np.float32 and out.shape == (3, *shape[1:])
+    np.testing.assert_allclose(out, net.pointwise(data), rtol=1e-5, atol=1e-5)
+
+
+def test_mirroring_single_tile_not_equivariant():
+    # image == patch: one tile. Prediction = W x + b + mean over the 8 flips of flip(bias)
+    patch = (4, 6, 5)
+    rng = np.random.default_rng(RNG_SEED)
+    data = rng.normal(size=(2, *patch)).astype(np.float32)
+    net = LinearNet(2, 2, patch)
+    out = predict_sliding_window(net, data, patch, 2, mirror_axes=(0, 1, 2))
+    flips = [(), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)]  # axes of the (K, *P) bias
+    mean_bias = np.mean([np.flip(net.bias.astype(np.float64), f) if f else net.bias for f in flips], axis=0)
+    np.testing.assert_allclose(out, net.pointwise(data) + mean_bias, rtol=1e-5, atol=1e-5)
+    assert sum(net.batch_sizes) == 8
+    # without mirroring the bias is not averaged
+    out_plain = predict_sliding_window(net, data, patch, 2)
+    np.testing.assert_allclose(out_plain, net.pointwise(data) + net.bias, rtol=1e-5, atol=1e-5)
+    # mirroring only axis 1 of the patch: mean of bias and its flip along that axis
+    out_one = predict_sliding_window(net, data, patch, 2, mirror_axes=(1,))
+    expected = net.pointwise(data) + (net.bias.astype(np.float64) + np.flip(net.bias, 2)) / 2
+    np.testing.assert_allclose(out_one, expected, rtol=1e-5, atol=1e-5)
+
+
+def _expected_weighted_bias(image, patch, starts, bias, weight):
+    """Sum of weight*bias over tiles at ``starts`` / sum of weight, written out with explicit loops."""
+    num = np.zeros((bias.shape[0], *image), dtype=np.float64)
+    den = np.zeros(image, dtype=np.float64)
+    for s0 in starts[0]:
+        for s1 in starts[1]:
+            for s2 in starts[2]:
+                sl = (slice(s0, s0 + patch[0]), slice(s1, s1 + patch[1]), slice(s2, s2 + patch[2]))
+                num[(slice(None), *sl)] += bias * weight
+                den[sl] += weight
+    return num / den
+
+
+def test_gaussian_weighted_tiles_not_equivariant():
+    image, patch = (6, 9, 5), (4, 6, 5)
+    starts = ([0, 2], [0, 3], [0])  # n = ceil((S-p)/(p/2)) + 1 = 2, 2, 1 (reference §7.3)
+    rng = np.random.default_rng(RNG_SEED)
+    data = rng.normal(size=(1, *image)).astype(np.float32)
+    net = LinearNet(1, 2, patch)
+    g = compute_gaussian(patch).astype(np.float64)
+    out = predict_sliding_window(net, data, patch, 2)
+    expected = net.pointwise(data) + _expected_weighted_bias(image, patch, starts, net.bias, g)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    out_flat = predict_sliding_window(net, data, patch, 2, use_gaussian=False)
+    expected_flat = net.pointwise(data) + _expected_weighted_bias(image, patch, starts, net.bias, np.ones(patch))
+    np.testing.assert_allclose(out_flat, expected_flat, rtol=1e-5, atol=1e-5)
+
+
+def test_input_smaller_than_patch_not_equivariant():
+    # (1, 3, 4, 5) padded to the patch (4, 6, 5): pads (0,1), (1,1), (0,0); result = the centre crop
+    patch = (4, 6, 5)
+    rng = np.random.default_rng(RNG_SEED)
+    data = rng.normal(size=(1, 3, 4, 5)).astype(np.float32)
+    net = LinearNet(1, 2, patch)
+    out = predict_sliding_window(net, data, patch, 2)
+    expected = net.pointwise(data) + net.bias[:, 0:3, 1:5, 0:5]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_2d_config_on_3d_data_predicts_each_slice():
+    patch = (6, 5)
+    rng = np.random.default_rng(RNG_SEED)
+    data = rng.normal(size=(1, 3, 6, 5)).astype(np.float32)
+    net = LinearNet(1, 2, patch)
+    out = predict_sliding_window(net, data, patch, 2, mirror_axes=(0, 1))
+    flips = [(), (1,), (2,), (1, 2)]
+    mean_bias = np.mean([np.flip(net.bias.astype(np.float64), f) if f else net.bias for f in flips], axis=0)
+    expected = net.pointwise(data) + mean_bias[:, None]  # the same 2D result on every slice
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert sum(net.batch_sizes) == 3 * 4  # 3 slices × 4 mirror passes
+
+
+@pytest.mark.parametrize("shape, patch, mirror", [
+    ((2, 13, 17, 11), (6, 8, 6), (0, 1, 2)),
+    ((2, 13, 17, 11), (6, 8, 6), None),
+    ((1, 5, 23, 19), (12, 8), (0, 1)),
+])
+@pytest.mark.parametrize("batch", [2, 3, 8, 13, 40])
+def test_tile_batching_is_identical(shape, patch, mirror, batch):
+    rng = np.random.default_rng(RNG_SEED)
+    data = rng.normal(size=shape).astype(np.float32)
+    ref_net = LinearNet(shape[0], 3, patch)
+    reference = predict_sliding_window(ref_net, data, patch, 3, mirror_axes=mirror, tile_batch_size=1)
+    assert max(ref_net.batch_sizes) == 1
+    net = LinearNet(shape[0], 3, patch)
+    out = predict_sliding_window(net, data, patch, 3, mirror_axes=mirror, tile_batch_size=batch)
+    assert np.array_equal(out, reference)
+    assert max(net.batch_sizes) <= batch
+    assert sum(net.batch_sizes) == sum(ref_net.batch_sizes)
+    assert len(net.batch_sizes) < len(ref_net.batch_sizes)
+
+
+def test_memory_map_input_and_no_modification(tmp_path):
+    rng = np.random.default_rng(RNG_SEED)
+    arr = rng.normal(size=(1, 9, 10, 7)).astype(np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    net = LinearNet(1, 2)
+    out = predict_sliding_window(net, mm, (4, 6, 4), 2, mirror_axes=(0, 1, 2))
+    np.testing.assert_allclose(out, net.pointwise(arr), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(np.asarray(mm), arr)
+
+
+def test_bad_network_output_is_a_clear_error():
+    data = np.zeros((1, 8, 8, 8), dtype=np.float32)
+    with pytest.raises(PnnunetError, match="expected"):
+        predict_sliding_window(lambda x: np.zeros((x.shape[0], 2, 4, 4, 4), np.float32), data, (4, 4, 4), 3)
+    with pytest.raises(ValueError, match="mirror axes"):
+        predict_sliding_window(LinearNet(1, 2), data, (4, 4), 2, mirror_axes=(0, 2))
+    with pytest.raises(PnnunetError, match="inf or NaN"):
+        predict_sliding_window(lambda x: np.full((x.shape[0], 1, 4, 4, 4), np.inf, np.float32), data, (4, 4, 4), 1)
