@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 WS=$(python -c "import os,sys; print(os.path.abspath(sys.argv[1]))" "${PNNUNET_DEMO_DIR:-demo_workspace}")
 export pnnunet_raw="$WS/raw" pnnunet_preprocessed="$WS/preprocessed" pnnunet_results="$WS/results"
 SAMPLE=tests/data/Task04_Hippocampus_sample
+EPOCHS=${PNNUNET_DEMO_EPOCHS:-20}
 
-# 1. convert the MSD folder (id 4 from "Task04"), verify it, fingerprint, plan, preprocess
-pnnunet_plan_and_preprocess -d "$SAMPLE" --verify_dataset_integrity -c 2d 3d_fullres -np 2
+# 1. convert the MSD folder (id 4 from "Task04"), verify it, fingerprint, plan and preprocess with
+#    nnU-Net's default planner (the plans a full run would use) ...
+pnnunet_plan_and_preprocess -d "$SAMPLE" --verify_dataset_integrity -c 3d_fullres -np 2 --no_pbar
+# 2. ... and with the small "tiny" preset, so that CPU training takes minutes, not days
+pnnunet_plan_and_preprocess -d 4 -pl tiny -c 3d_fullres -np 2 --no_pbar
+# 3. a short training of fold 0 (16 training / 4 validation cases), then its final validation (Dice per class)
+pnnunet_train 3d_fullres 0 -d 4 -p pnnunetTinyPlans --epochs "$EPOCHS" --iterations_per_epoch 25 \
+    --val_iterations_per_epoch 5 --c --no_pbar
