@@ -101,3 +101,24 @@ def test_hippocampus_220_equals_upstream_fingerprint():
     # exactly equal (float32 reductions, percentiles, RandomState(1234) draws all reproduced)
     assert fp["foreground_intensity_properties_per_channel"] == ref["foreground_intensity_properties_per_channel"]
     assert json.loads(json.dumps(fp)) == ref
+
+
+@pytest.mark.upstream
+def test_isbi_png_fingerprint_equals_upstream():
+    """2D PNG path: fingerprint of the real ISBI dataset equals upstream's (fixture isbi_2d)."""
+    from pnnunet.dataset.cases import get_training_cases
+    from pnnunet.dataset.dataset_json import load_dataset_json
+    from pnnunet.imageio import reader_writer_for
+
+    raw = require(SHARED_DATA / "ISBI2012_EM_2D")
+    expected = json.loads((Path(__file__).parent / "expected" / "isbi_2d" / "dataset_fingerprint.json").read_text())
+    dj = load_dataset_json(raw / "dataset.json")
+    cases = get_training_cases(raw, dj)
+    rw = reader_writer_for(dj["file_ending"], next(iter(cases.values()))["images"][0],
+                           dj.get("overwrite_image_reader_writer"))
+    ours = extract_fingerprint(cases, rw, num_processes=1, progress=False)
+    assert ours["spacings"] == expected["spacings"]
+    assert ours["shapes_after_crop"] == expected["shapes_after_crop"]
+    assert ours["median_relative_size_after_cropping"] == expected["median_relative_size_after_cropping"]
+    for key, value in expected["foreground_intensity_properties_per_channel"]["0"].items():
+        assert ours["foreground_intensity_properties_per_channel"]["0"][key] == pytest.approx(value, rel=1e-6), key
