@@ -1,0 +1,218 @@
+"""Apply a postprocessing recipe (``postprocessing.json``) to segmentations (reference §8.4 step 5).
+
+A recipe is the ordered list of operations accepted by :func:`pnnunet.postprocessing.determine.
+determine_postprocessing`, stored as ``postprocessing_fns`` (names) and ``postprocessing_kwargs``
+in ``postprocessing.json``. The operations are applied in order to each segmentation file.
+
+DEVIATION(nnU-Net §8.4): upstream applies ``postprocessing.pkl`` (pickled functions); pnnunet reads
+the JSON file only (no pickle). Upstream's own ``postprocessing.json`` has the same two keys and is
+accepted as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pnnunet.errors import DatasetError, PnnunetError
+from pnnunet.fileio import atomic_path, load_json
+from pnnunet.imageio import ImageIO, reader_writer_by_name, reader_writer_for
+from pnnunet.parallel import map_in_pool
+from pnnunet.postprocessing.components import PP_FN_NAME, remove_all_but_largest_component
+
+log = logging.getLogger(__name__)
+
+# name in postprocessing.json → function(seg, **kwargs); upstream's name and ours
+PP_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
+    PP_FN_NAME: remove_all_but_largest_component,
+    "remove_all_but_largest_component": remove_all_but_largest_component,
+}
+_KWARG_ALIASES = {"background_label": "background"}  # upstream's keyword → ours
+
+
+@dataclass(frozen=True)
+class PostprocessingStep:
+    """One operation of a recipe: a function name from :data:`PP_FUNCTIONS` and its keyword arguments."""
+
+    fn_name: str
+    kwargs: dict = field(default_factory=dict)
+
+    def __call__(self, seg: np.ndarray) -> np.ndarray:
+        kwargs = {_KWARG_ALIASES.get(k, k): v for k, v in self.kwargs.items()}
+        return PP_FUNCTIONS[self.fn_name](seg, **kwargs)
+
+
+def steps_from_json(pp: dict, source: Path | str = "postprocessing.json") -> list[PostprocessingStep]:
+    """The recipe in a ``postprocessing.json`` dict (ours or upstream's).
+
+    Raises
+    ------
+    DatasetError : keys missing, lists of different lengths, or an unknown function name.
+    """
+    if not isinstance(pp, dict) or "postprocessing_fns" not in pp or "postprocessing_kwargs" not in pp:
+        raise DatasetError(source, "is not a postprocessing.json (needs 'postprocessing_fns' and "
+                                   "'postprocessing_kwargs')",
+                           "pass the postprocessing.json written by pnnunet_find_best_config")
+    fns, kwargs = pp["postprocessing_fns"], pp["postprocessing_kwargs"]
+    if len(fns) != len(kwargs):
+        raise DatasetError(source, f"has {len(fns)} postprocessing_fns but {len(kwargs)} postprocessing_kwargs",
+                           "regenerate the file with pnnunet_find_best_config")
+    unknown = [f for f in fns if f not in PP_FUNCTIONS]
+    if unknown:
+        raise DatasetError(source, f"names unknown postprocessing function(s) {unknown}",
+                           f"pnnunet knows {sorted(PP_FUNCTIONS)}")
+    return [PostprocessingStep(f, dict(k)) for f, k in zip(fns, kwargs)]
+
+
+def load_postprocessing(path: Path | str) -> list[PostprocessingStep]:
+    """Read the recipe of a ``postprocessing.json`` file (ours or upstream's; never a pickle)."""
+    path = Path(path)
+    if path.suffix == ".pkl":
+        raise DatasetError(path, "is a pickle; pnnunet reads postprocessing recipes from JSON only",
+                           "pass the postprocessing.json beside it (upstream writes both files)")
+    if not path.is_file():
+        raise DatasetError(path, "postprocessing file not found", "run pnnunet_find_best_config first")
+    try:
+        pp = load_json(path)
+    except ValueError as e:
+        raise DatasetError(path, f"is not valid JSON ({e})", "regenerate it with pnnunet_find_best_config") from None
+    return steps_from_json(pp, path)
+
+
+def apply_postprocessing(seg: np.ndarray, steps: Sequence[PostprocessingStep]) -> np.ndarray:
+    """Apply the steps in order. seg: label map (X, Y, Z) → new label map of the same shape."""
+    for step in steps:
+        seg = step(seg)
+    return seg
+
+
+def postprocess_file(input_file: Path | str, output_file: Path | str, reader_writer: ImageIO,
+                     steps: Sequence[PostprocessingStep]) -> Path:
+    """Read one segmentation, apply ``steps``, write it with the same geometry (atomic). No steps: copy."""
+    output_file = Path(output_file)
+    if not steps:
+        with atomic_path(output_file) as tmp:
+            shutil.copyfile(input_file, tmp)
+        return output_file
+    seg, properties = reader_writer.read_seg(input_file)
+    reader_writer.write_seg(apply_postprocessing(seg[0], steps), output_file, properties)
+    return output_file
+
+
+def segmentation_files(folder: Path, file_ending: str) -> list[str]:
+    """Sorted names of the ``*{file_ending}`` files in ``folder`` (hidden temporaries skipped)."""
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_file() and p.name.endswith(file_ending) and not p.name.startswith("."))
+
+
+def _load_optional(value: dict | Path | str | None, fallback: Path, what: str) -> dict | None:
+    if isinstance(value, dict):
+        return value
+    path = Path(value) if value is not None else fallback
+    if not path.is_file():
+        if value is not None:
+            raise DatasetError(path, f"{what} not found", f"check the path of the {what}")
+        return None
+    return load_json(path)
+
+
+def load_dataset_json(dataset_json: dict | Path | str | None, folder: Path) -> dict:
+    """``dataset_json`` itself (dict), the file it names, or ``folder/dataset.json``; a clear error if missing."""
+    dj = _load_optional(dataset_json, folder / "dataset.json", "dataset.json")
+    if dj is None:
+        raise DatasetError(folder / "dataset.json", "dataset.json not found (needed for the labels and file ending)",
+                           "pass the model's dataset.json explicitly (-dataset_json / -djfile)")
+    return dj
+
+
+def resolve_io(folder: Path, dataset_json: dict | Path | str | None = None, plans: dict | Path | str | None = None,
+               reader_writer: ImageIO | None = None, file_ending: str | None = None) -> tuple[ImageIO, str]:
+    """Reader/writer and file ending for the segmentations in ``folder``.
+
+    ``file_ending`` comes from the argument, else ``dataset_json`` (dict or file), else
+    ``folder/dataset.json``. The reader/writer comes from the argument, else the plans'
+    ``image_reader_writer`` (``plans`` or ``folder/plans.json``), else the file ending and the
+    first file (as for a dataset, reference §1.2).
+    """
+    dj = None
+    if file_ending is None or reader_writer is None:
+        dj = _load_optional(dataset_json, folder / "dataset.json", "dataset.json")
+    if file_ending is None:
+        if dj is None or "file_ending" not in dj:
+            raise DatasetError(folder, "the file ending of the segmentations is unknown (no dataset.json here)",
+                               "pass -dataset_json (the model's dataset.json) or -plans_json/-dataset_json")
+        file_ending = dj["file_ending"]
+    if reader_writer is None:
+        pl = _load_optional(plans, folder / "plans.json", "plans file")
+        if pl is not None and pl.get("image_reader_writer"):
+            reader_writer = reader_writer_by_name(pl["image_reader_writer"])
+        else:
+            files = segmentation_files(folder, file_ending) if folder.is_dir() else []
+            override = dj.get("overwrite_image_reader_writer") if dj else None
+            reader_writer = reader_writer_for(file_ending, folder / files[0] if files else None, override)
+    return reader_writer, file_ending
+
+
+def check_distinct_folders(input_folder: Path, output_folder: Path) -> None:
+    """Refuse to write results into the input folder (its files would be overwritten)."""
+    if output_folder.expanduser().resolve() == input_folder.expanduser().resolve():
+        raise PnnunetError(f"the output folder {output_folder} is the input folder\n"
+                           "  fix: choose a different output folder (-o); the input is never overwritten")
+
+
+def apply_postprocessing_to_folder(input_folder: Path | str, output_folder: Path | str,
+                                   pp_json: dict | Path | str | Sequence[PostprocessingStep], *,
+                                   dataset_json: dict | Path | str | None = None,
+                                   plans: dict | Path | str | None = None,
+                                   reader_writer: ImageIO | None = None, file_ending: str | None = None,
+                                   num_processes: int = 2, progress: bool = False) -> list[Path]:
+    """Postprocess every segmentation of ``input_folder`` into ``output_folder`` (reference §8.4 step 5).
+
+    Parameters
+    ----------
+    input_folder : folder of ``CASE{file_ending}`` segmentations; never written to
+    output_folder : created if needed; must differ from ``input_folder``. Gets the
+        postprocessed files under the same names, plus copies of the input's ``plans.json`` and
+        ``dataset.json`` if present
+    pp_json : a ``postprocessing.json`` path, its dict, or a list of :class:`PostprocessingStep`
+    dataset_json, plans : dicts or files; default ``input_folder/{dataset,plans}.json`` (see :func:`resolve_io`)
+    reader_writer, file_ending : override what the JSON files would give
+    num_processes : worker processes
+
+    Returns
+    -------
+    the written files, sorted by name
+
+    Raises
+    ------
+    PnnunetError : output == input, no segmentations, bad recipe
+    """
+    input_folder, output_folder = Path(input_folder), Path(output_folder)
+    if not input_folder.is_dir():
+        raise DatasetError(input_folder, "input folder does not exist", "check the path (-i)")
+    check_distinct_folders(input_folder, output_folder)
+    if isinstance(pp_json, dict):
+        steps = steps_from_json(pp_json)
+    elif isinstance(pp_json, (str, Path)):
+        steps = load_postprocessing(pp_json)
+    else:
+        steps = list(pp_json)
+    rw, ending = resolve_io(input_folder, dataset_json, plans, reader_writer, file_ending)
+    files = segmentation_files(input_folder, ending)
+    if not files:
+        raise DatasetError(input_folder, f"contains no segmentations ending in {ending}",
+                           "check the folder (-i) and the file ending in dataset.json")
+    output_folder.mkdir(parents=True, exist_ok=True)
+    for name in ("plans.json", "dataset.json"):
+        if (input_folder / name).is_file():
+            with atomic_path(output_folder / name) as tmp:
+                shutil.copyfile(input_folder / name, tmp)
+    jobs = [(input_folder / f, output_folder / f, rw, steps) for f in files]
+    written = map_in_pool(postprocess_file, jobs, num_processes, progress, desc="postprocessing")
+    log.info("postprocessed %d files (%d step(s)) into %s", len(written), len(steps), output_folder)
+    return written
