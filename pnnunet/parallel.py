@@ -20,7 +20,7 @@ from pnnunet.errors import PnnunetError
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
 
 
-def _single_thread_worker() -> None:
+def single_thread_worker() -> None:
     """Pool initializer: one compute thread per worker process (workers already share the cores)."""
     for name in _THREAD_ENV:
         os.environ[name] = "1"
@@ -33,7 +33,7 @@ def _single_thread_worker() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def _call_picklable(fn: Callable, args: tuple):
+def call_picklable(fn: Callable, args: tuple):
     """Run ``fn(*args)`` in a worker; re-raise an exception that cannot cross the process boundary.
 
     An exception whose class takes other constructor arguments than its message cannot be
@@ -67,8 +67,8 @@ def map_in_pool(fn: Callable, arg_tuples: Sequence[tuple], num_processes: int = 
                 bar.update()
             return results
         with ProcessPoolExecutor(max_workers=min(num_processes, len(arg_tuples)), mp_context=get_context("spawn"),
-                                 initializer=_single_thread_worker) as pool:
-            futures = {pool.submit(_call_picklable, fn, args): i for i, args in enumerate(arg_tuples)}
+                                 initializer=single_thread_worker) as pool:
+            futures = {pool.submit(call_picklable, fn, args): i for i, args in enumerate(arg_tuples)}
             try:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from pnnunet.errors import PnnunetError
@@ -47,6 +48,7 @@ def run_cli(body: Callable[[argparse.Namespace], int], parser: argparse.Argument
             argv: Sequence[str] | None) -> int:
     """Parse ``argv`` strictly, run ``body`` and turn user errors into exit code 1."""
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="No ccache found")  # Paddle's import-time notice
     setup_logging(getattr(args, "verbose", False))
     try:
         return body(args)

@@ -294,5 +294,6 @@ class Trainer:
             _check_compatible(state, self.job, path)
             self.network.set_state_dict(state["network_weights"])
         _, val_ids = self.split()
-        return validate_fold(self.network, self.job, self.plan, val_ids, state.get("inference_allowed_mirroring_axes",
-                                                                                  self.mirror_axes), save_probabilities)
+        return validate_fold(self.network, self.job, self.plan, val_ids,
+                             state.get("inference_allowed_mirroring_axes", self.mirror_axes), save_probabilities,
+                             checkpoint_path=path)

@@ -27,16 +27,28 @@ def network_predict_fn(network):
     return predict
 
 
-def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, save_probabilities: bool = False) -> dict:
+def network_input_channels(job) -> int:
+    return len(job.dataset_json.get("channel_names") or job.dataset_json["modality"])
+
+
+def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, save_probabilities: bool = False,
+                  checkpoint_path=None) -> dict:
     from pnnunet.evaluation.metrics import compute_metrics_on_folder
     from pnnunet.imageio import reader_writer_by_name
     from pnnunet.inference.export_prediction import export_prediction
     from pnnunet.inference.sliding_window import predict_sliding_window
     from pnnunet.preprocessing.storage import load_preprocessed_case
 
+    from pnnunet.inference.static_graph import make_predict_fn
+
     network.deep_supervision = False
     network.eval()
-    predict = network_predict_fn(network)
+    if checkpoint_path is not None:  # Paddle Inference (oneDNN) when it works, else the eager network
+        predict, backend = make_predict_fn(lambda: network, checkpoint_path, network_input_channels(job),
+                                           len(plan.patch_size), device=job.device)
+        log.info("final validation uses the %s network", backend)
+    else:
+        predict = network_predict_fn(network)
     labels = LabelInfo.from_dataset_json(job.dataset_json)
     rw = reader_writer_by_name(job.plans["image_reader_writer"])
     out_dir = job.fold_dir / "validation"

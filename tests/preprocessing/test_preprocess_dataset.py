@@ -140,7 +140,7 @@ def _raise_dataset_error(path):
 def test_worker_errors_survive_pickling():
     import pickle
 
-    from pnnunet.parallel import _call_picklable
+    from pnnunet.parallel import call_picklable
     with pytest.raises(PnnunetError, match="broken.nii.gz: cannot be read") as info:
-        _call_picklable(_raise_dataset_error, ("broken.nii.gz",))
+        call_picklable(_raise_dataset_error, ("broken.nii.gz",))
     pickle.loads(pickle.dumps(info.value))  # what the pool has to do with it

@@ -1,0 +1,244 @@
+"""Seconds per training iteration on CPU, pnnunet beside upstream nnU-Net v2, in one run.
+
+Both tools train the same plan configuration (default: upstream's Hippocampus 3d_fullres plan,
+batch 8, patch 40×56×40, 4 stages, deep supervision, DC+CE, SGD nesterov, clip 12) on the same
+random batch (written once to an .npz), each in its own process, alternating tools round by round.
+Each process does ``--warmup`` untimed and ``--iterations`` timed iterations; the table gives the
+median over all timed iterations of all rounds and the peak RSS of the process tree (50 ms samples,
+data-loading workers included), from benchmarks/measure.py.
+
+pnnunet modes: ``eager`` (stock Paddle dynamic graph), ``onednn`` (convolutions through oneDNN,
+pnnunet.training.fast_cpu.accelerate_convolutions), and ``onednn+loader``: onednn with batches
+from ``make_batch_iterators`` (real preprocessed data, augmentation in ``--workers`` background
+processes) instead of the pre-made batch; it also reports how long each iteration waited for data.
+
+    /work/venvs/pn/bin/python benchmarks/train_speed.py --preprocessed <pnnunet_preprocessed>/Dataset004_Hippocampus
+
+Upstream runs under ``--upstream_python`` (its own venv) via benchmarks/upstream/train_speed_upstream.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from measure import run_measured  # noqa: E402
+
+DEFAULT_PLANS = Path("/work/shared/reference/upstream_hippocampus_220/nnUNetPlans.json")
+DEFAULT_UPSTREAM_PYTHON = Path("/work/venvs/upstream/bin/python")
+MODES = ("upstream", "eager", "onednn", "onednn+loader")
+
+
+# ---- batch shared by both tools -------------------------------------------------------------
+
+
+def make_batch(plans_path: Path, configuration: str, batch_size: int | None, num_classes: int, seed: int,
+               out: Path) -> tuple[int, list[int]]:
+    """Write ``data`` (B, 1, *patch) float32 and ``target_<i>`` int16 DS targets to ``out``."""
+    from pnnunet.training.deep_supervision import downsample_seg_for_ds, ds_scales
+
+    cfg = json.loads(plans_path.read_text())["configurations"][configuration]
+    bs = int(batch_size or cfg["batch_size"])
+    patch = [int(p) for p in cfg["patch_size"]]
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((bs, 1, *patch)).astype(np.float32)
+    seg = rng.integers(0, num_classes, (bs, 1, *patch)).astype(np.int16)
+    targets = downsample_seg_for_ds(seg, ds_scales(cfg["architecture"]["arch_kwargs"]["strides"]))
+    np.savez(out, data=data, **{f"target_{i}": np.ascontiguousarray(t) for i, t in enumerate(targets)})
+    return bs, patch
+
+
+# ---- pnnunet worker (runs in its own process) -----------------------------------------------
+
+
+def _real_batches(preprocessed: Path, configuration: str, batch_size: int, workers: int, seed: int):
+    from pnnunet.planning.plans import ConfigurationPlan, load_plans
+    from pnnunet.training.augmentation import make_batch_iterators
+
+    plans = load_plans(preprocessed / "pnnunetPlans.json")
+    plan = ConfigurationPlan.from_plans(plans, configuration, preprocessed / "pnnunetPlans.json")
+    folder = preprocessed / plan.data_identifier
+    ids = sorted(p.name[:-len("_seg.npy")] for p in folder.glob("*_seg.npy"))
+    train_iter, val_iter = make_batch_iterators(folder, plan, ids, ids[:1], workers, seed=seed,
+                                                batch_size=batch_size)
+    return train_iter, val_iter, list(plan.patch_size)
+
+
+def pnnunet_worker(a: argparse.Namespace) -> None:
+    """Time pnnunet training iterations exactly as ``Trainer._build`` / ``Trainer._train_step`` do them."""
+    import paddle
+
+    from pnnunet.training.deep_supervision import ds_weights
+    from pnnunet.training.device import set_cpu_threads
+    from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
+    from pnnunet.training.network import build_network
+
+    paddle.set_device("cpu")
+    set_cpu_threads(a.threads)
+    paddle.seed(a.seed)
+    cfg = json.loads(Path(a.plans).read_text())["configurations"][a.configuration]
+    npz = np.load(a.batch)
+    fixed = {"data": npz["data"], "target": [npz[f"target_{i}"] for i in range(len(npz.files) - 1)]}
+    network = build_network(cfg, fixed["data"].shape[1], a.num_classes, deep_supervision=True)
+    n_fast = 0
+    if a.mode.startswith("onednn"):
+        from pnnunet.training.fast_cpu import accelerate_convolutions
+
+        n_fast = accelerate_convolutions(network)
+        if n_fast == 0:
+            raise SystemExit("oneDNN is not available in this Paddle build")
+    optimizer = paddle.optimizer.Momentum(
+        learning_rate=0.01, momentum=0.99, use_nesterov=True, weight_decay=paddle.regularizer.L2Decay(3e-5),
+        parameters=network.parameters(), grad_clip=paddle.nn.ClipGradByGlobalNorm(12.0))
+    loss_fn = DeepSupervisionLoss(DCandCELoss(batch_dice=cfg["batch_dice"]), ds_weights(len(cfg["architecture"]
+                                                                                             ["arch_kwargs"]["strides"])))
+    iters = None
+    if a.mode == "onednn+loader":
+        iters = _real_batches(Path(a.preprocessed), a.configuration, fixed["data"].shape[0], a.workers, a.seed)
+        if iters[2] != list(fixed["data"].shape[2:]):
+            raise SystemExit(f"preprocessed plan patch {iters[2]} differs from {list(fixed['data'].shape[2:])}")
+    times, waits, losses = [], [], []
+    try:
+        for _ in range(a.warmup + a.iterations):
+            t0 = time.perf_counter()
+            batch = next(iters[0]) if iters else fixed
+            waits.append(time.perf_counter() - t0)
+            data = paddle.to_tensor(batch["data"])
+            targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in batch["target"]]
+            optimizer.clear_grad()
+            loss = loss_fn(network(data), targets)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.numpy()))
+            times.append(time.perf_counter() - t0)
+    finally:
+        if iters:
+            iters[0].close()
+            iters[1].close()
+    result = {"tool": "pnnunet", "mode": a.mode, "paddle": paddle.__version__, "threads": a.threads,
+              "onednn_layers": n_fast, "batch_shape": list(fixed["data"].shape),
+              "n_parameters": int(sum(int(np.prod(p.shape)) for p in network.parameters())),
+              "warmup": a.warmup, "times": times[a.warmup:], "warmup_times": times[:a.warmup],
+              "data_wait": waits[a.warmup:], "losses": losses}
+    Path(a.out).write_text(json.dumps(result, indent=1))
+
+
+# ---- driver ---------------------------------------------------------------------------------
+
+
+def _command(mode: str, a: argparse.Namespace, batch: Path, out: Path) -> list[str]:
+    common = ["--plans", str(a.plans), "--configuration", a.configuration, "--batch", str(batch),
+              "--num_classes", str(a.num_classes), "--threads", str(a.threads), "--seed", str(a.seed),
+              "--out", str(out)]
+    warmup, iterations = str(a.warmup), str(a.eager_iterations if mode == "eager" else a.iterations)
+    if mode == "upstream":
+        return [str(a.upstream_python), str(HERE / "upstream" / "train_speed_upstream.py"), *common,
+                "--warmup", warmup, "--iterations", iterations]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", mode, *common,
+           "--warmup", warmup, "--iterations", iterations]
+    if mode == "onednn+loader":
+        cmd += ["--preprocessed", str(a.preprocessed), "--workers", str(a.workers)]
+    return cmd
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    out = {}
+    for mode, results in runs.items():
+        times = [t for r in results for t in r["times"]]
+        waits = [t for r in results for t in r.get("data_wait", [])]
+        out[mode] = {"median_s": statistics.median(times), "min_s": min(times), "n": len(times),
+                     "round_medians_s": [statistics.median(r["times"]) for r in results],
+                     "peak_rss_gib": max(r["peak_rss_bytes"] for r in results) / 2**30,
+                     "median_data_wait_s": statistics.median(waits) if waits else None}
+    if "upstream" in out:
+        for mode, s in out.items():
+            s["ratio_to_upstream"] = s["median_s"] / out["upstream"]["median_s"]
+    return out
+
+
+def table(summary: dict[str, dict]) -> str:
+    lines = ["| tool / mode | median s/iter | min | n | per-round medians | x upstream | peak RSS GiB | data wait |",
+             "|---|---|---|---|---|---|---|---|"]
+    for mode, s in summary.items():
+        wait = "" if s["median_data_wait_s"] is None else f"{s['median_data_wait_s']:.3f}"
+        rounds = ", ".join(f"{v:.2f}" for v in s["round_medians_s"])
+        lines.append(f"| {mode} | {s['median_s']:.2f} | {s['min_s']:.2f} | {s['n']} | {rounds} | "
+                     f"{s.get('ratio_to_upstream', float('nan')):.2f} | {s['peak_rss_gib']:.2f} | {wait} |")
+    return "\n".join(lines)
+
+
+def driver(a: argparse.Namespace) -> None:
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    if "onednn+loader" in modes and not a.preprocessed:
+        raise SystemExit("onednn+loader needs --preprocessed <pnnunet_preprocessed>/DatasetXXX_Name")
+    work = Path(tempfile.mkdtemp(prefix="train_speed_"))
+    batch = work / "batch.npz"
+    bs, patch = make_batch(Path(a.plans), a.configuration, a.batch_size, a.num_classes, a.seed, batch)
+    print(f"batch {bs} x 1 x {patch}, {a.threads} threads, warmup {a.warmup}, timed {a.iterations} "
+          f"(eager {a.eager_iterations}), {a.rounds} round(s); logs in {work}", flush=True)
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    env = dict(os.environ)
+    for r in range(a.rounds):
+        order = modes if r % 2 == 0 else modes[::-1]
+        for mode in order:
+            out = work / f"{mode}_{r}.json"
+            res = run_measured(_command(mode, a, batch, out), env=env, log_file=work / f"{mode}_{r}.log")
+            if res["returncode"] != 0:
+                raise SystemExit(f"{mode} failed (exit {res['returncode']}), see {work / f'{mode}_{r}.log'}")
+            result = json.loads(out.read_text())
+            result.update(peak_rss_bytes=res["peak_rss_bytes"], wall_s=res["wall_s"],
+                          loadavg=os.getloadavg())
+            runs[mode].append(result)
+            print(f"round {r} {mode}: median {statistics.median(result['times']):.2f} s/iter, "
+                  f"peak RSS {res['peak_rss_bytes'] / 2**30:.2f} GiB, load {os.getloadavg()[0]:.1f}", flush=True)
+    summary = summarize(runs)
+    print(table(summary))
+    if a.out:
+        Path(a.out).write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()},
+                                           "summary": summary, "runs": runs}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plans", default=str(DEFAULT_PLANS), help="plans JSON (upstream or pnnunet)")
+    p.add_argument("--configuration", default="3d_fullres")
+    p.add_argument("--batch_size", type=int, default=None, help="default: the plan's")
+    p.add_argument("--num_classes", type=int, default=3, help="output channels (labels incl. background)")
+    p.add_argument("--modes", default="upstream,onednn,eager", help=f"comma-separated, from {MODES}")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=5)
+    p.add_argument("--eager_iterations", type=int, default=3, help="timed iterations of the slow eager mode")
+    p.add_argument("--rounds", type=int, default=1, help="rounds over all modes, order reversed every round")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for both tools")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preprocessed", default=None, help="pnnunet preprocessed dataset dir (onednn+loader)")
+    p.add_argument("--workers", type=int, default=2, help="augmentation worker processes (onednn+loader)")
+    p.add_argument("--upstream_python", default=str(DEFAULT_UPSTREAM_PYTHON))
+    p.add_argument("--out", default=None, help="write all results as JSON here")
+    # worker-only
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="onednn", help=argparse.SUPPRESS)
+    p.add_argument("--batch", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        pnnunet_worker(a)
+    else:
+        driver(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+"""Predict a folder of images with a trained model (reference §7.1–7.6, Appendix A.3–A.4).
+
+Pipeline per case: read + preprocess (``-npp`` background processes, the next cases prefetched
+while the current one is predicted) → sliding-window logits of every fold (mirroring TTA with the
+checkpoint's axes), averaged over folds (mean of the **logits**, §7.5) → export in the input's
+geometry (``-nps`` background processes, overlapped with the next prediction). ``npp = nps = 0``
+runs everything in this process, one step after the other.
+
+Arrays: preprocessed data ``(C, x, y, z)`` float32 in the plans' transposed order; logits
+``(K, x, y, z)`` float32 (never float64 whole-volume copies).
+
+The output folder receives ``dataset.json``, ``plans.json`` and ``predict_args.json``; the latter
+guards against mixing predictions of different models, folds or settings in one folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import pnnunet
+from pnnunet.dataset.cases import get_inference_cases
+from pnnunet.errors import PnnunetError
+from pnnunet.fileio import load_json, write_json_atomic
+from pnnunet.imageio import ImageIO, reader_writer_by_name, reader_writer_for
+from pnnunet.inference.export_prediction import export_prediction
+from pnnunet.inference.model_folder import DEFAULT_CHECKPOINT, Fold, ModelFolder, load_model_folder
+from pnnunet.inference.sliding_window import predict_sliding_window
+from pnnunet.parallel import call_picklable, single_thread_worker
+from pnnunet.preprocessing.preprocessor import preprocess_case_files
+
+log = logging.getLogger(__name__)
+
+PREDICT_ARGS_FILE = "predict_args.json"
+# predict_args.json keys that must match for predictions to share an output folder
+GUARDED_KEYS = ("model", "configuration", "folds", "checkpoint", "use_tta", "step_size")
+# patches per network call (mirrored copies included) that measured fastest with the static-graph
+# predictor on a 2-core CPU (Hippocampus plans, upstream_hippocampus_220): 3D 40x56x40 patches take
+# 0.88 s per patch alone and 0.98-1.07 s per patch in batches of 2-16; 2D 56x40 patches 12.9 ms
+# alone, 9.2 ms in batches of 4 (one tile's 4 mirrored copies). GPU: a guess, not measured.
+DEFAULT_TILE_BATCH = {("cpu", 3): 1, ("cpu", 2): 4, ("gpu", 3): 8, ("gpu", 2): 8}
+
+
+# ----------------------------------------------------------------------------------------------
+# work done in background processes (module level, paddle-free, so spawned workers start fast)
+def preprocess_for_inference(image_files: Sequence[Path], plans: dict, configuration: str, dataset_json: dict,
+                             reader_writer: ImageIO) -> tuple[np.ndarray, dict]:
+    """Read and preprocess one case for prediction (reference §7.2): float32 (C, x, y, z) + properties."""
+    data, _, properties = preprocess_case_files(image_files, None, plans, configuration, dataset_json, reader_writer)
+    return data, properties
+
+
+def export_case(logits: np.ndarray, properties: dict, plans: dict, configuration: str, dataset_json: dict,
+                output_base: Path, reader_writer: ImageIO, save_probabilities: bool) -> Path:
+    """Write one case's segmentation (and probabilities) in its original geometry (§7.6)."""
+    return export_prediction(logits, properties, plans, configuration, dataset_json, output_base, reader_writer,
+                             save_probabilities)
+
+
+def _pool(num_processes: int) -> ProcessPoolExecutor | None:
+    if num_processes <= 0:
+        return None
+    return ProcessPoolExecutor(max_workers=num_processes, mp_context=get_context("spawn"),
+                               initializer=single_thread_worker)
+
+
+def _result(future: Future, case: str):
+    """A worker's result; errors name the case, a dead worker becomes a PnnunetError."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise PnnunetError(f"case '{case}': a worker process died (often: out of memory)\n  fix: rerun with fewer "
+                           "background processes (-npp 1 -nps 1) and --continue_prediction") from None
+    except PnnunetError as e:
+        raise PnnunetError(f"case '{case}': {e}") from None
+
+
+class _Prefetcher:
+    """Preprocessed cases in input order; ``num_workers`` processes keep the next cases ready.
+
+    Work is submitted on construction (one case per worker plus one), so the network can be
+    prepared meanwhile. With ``num_workers == 0`` cases are preprocessed here, on iteration.
+    """
+
+    def __init__(self, cases: dict[str, list[Path]], args: tuple, num_workers: int):
+        self._todo = iter(cases.items())
+        self._args = args
+        self._pool = _pool(num_workers)
+        self._pending: deque[tuple[str, Future]] = deque()
+        if self._pool is not None:
+            for _ in range(num_workers + 1):
+                if not self._submit_next():
+                    break
+
+    def _submit_next(self) -> bool:
+        item = next(self._todo, None)
+        if item is None:
+            return False
+        case, files = item
+        self._pending.append((case, self._pool.submit(call_picklable, preprocess_for_inference,
+                                                      (files, *self._args))))
+        return True
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray, dict]]:
+        if self._pool is None:
+            for case, files in self._todo:
+                try:
+                    yield case, *preprocess_for_inference(files, *self._args)
+                except PnnunetError as e:
+                    raise PnnunetError(f"case '{case}': {e}") from None
+            return
+        while self._pending:
+            case, future = self._pending.popleft()
+            data, properties = _result(future, case)
+            self._submit_next()
+            yield case, data, properties
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for _, future in self._pending:
+                future.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def claim_output_folder(output_folder: Path | str, args: dict) -> None:
+    """Record ``args`` in ``output_folder/predict_args.json``, refusing a folder made with other settings.
+
+    Predictions of different models, configurations, folds, checkpoints or TTA/step settings must
+    never be mixed in one folder: if the folder's predict_args.json differs from ``args`` in any of
+    :data:`GUARDED_KEYS` a PnnunetError names the differences.
+    """
+    output_folder = Path(output_folder)
+    args_file = output_folder / PREDICT_ARGS_FILE
+    if args_file.is_file():
+        try:
+            old = load_json(args_file)
+        except ValueError:
+            old = {}
+        differing = [k for k in GUARDED_KEYS if old.get(k) != args.get(k)]
+        if differing:
+            detail = "; ".join(f"{k}: {old.get(k)!r} there, {args.get(k)!r} now" for k in differing)
+            raise PnnunetError(f"{output_folder}: holds predictions made with other settings ({detail})\n"
+                               "  fix: predict into a new output folder, or delete the old predictions "
+                               f"(including {PREDICT_ARGS_FILE}) first")
+    output_folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args_file, args)
+
+
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PredictionSummary:
+    """What :meth:`Predictor.predict_folder` did."""
+
+    output_folder: Path
+    num_cases: int  # cases in the input folder
+    num_predicted: int
+    num_skipped: int  # already present (--continue_prediction)
+    seconds: float
+    backend: str  # "static" (Paddle Inference) or "eager"
+
+    @property
+    def seconds_per_case(self) -> float:
+        return self.seconds / self.num_predicted if self.num_predicted else 0.0
+
+    def __str__(self) -> str:
+        if not self.num_predicted:
+            return f"nothing to predict: all {self.num_cases} cases are already in {self.output_folder}"
+        skipped = f", {self.num_skipped} already done" if self.num_skipped else ""
+        return (f"predicted {self.num_predicted} of {self.num_cases} cases{skipped} in {self.seconds:.1f} s "
+                f"({self.seconds_per_case:.2f} s per case, {self.backend} graph) -> {self.output_folder}")
+
+
+class Predictor:
+    """Predict images with the folds of one trained model (reference §7).
+
+    Parameters
+    ----------
+    model : a model folder ``.../<Trainer>__<Plans>__<configuration>`` or a loaded :class:`ModelFolder`
+    folds : folds to use (ints or ``"all"``); None: every fold with the checkpoint (ignored for a
+        loaded ModelFolder)
+    checkpoint : ``checkpoint_final`` (default), ``checkpoint_best`` or ``checkpoint_latest``
+    device : ``auto``, ``cpu`` or ``gpu``
+    use_tta : mirroring test-time augmentation along the checkpoint's axes (``--disable_tta``: False)
+    step_size : tile overlap as a fraction of the patch (default 0.5)
+    tile_batch_size : patches per network call (mirrored copies count); None: the measured default
+        for the device and dimensionality (:data:`DEFAULT_TILE_BATCH`)
+    use_static_graph : run exported static graphs through Paddle Inference (False: eager network)
+    num_threads : CPU threads of the network (default: all cores)
+    progress : tqdm bar over cases
+
+    Raises
+    ------
+    PnnunetError : a cascade configuration (needs previous-stage predictions: not supported yet),
+        a bad step size, and everything :func:`load_model_folder` raises
+    """
+
+    def __init__(self, model: ModelFolder | Path | str, folds: Sequence[Fold] | None = None,
+                 checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", use_tta: bool = True,
+                 step_size: float = 0.5, tile_batch_size: int | None = None, use_static_graph: bool = True,
+                 num_threads: int | None = None, progress: bool = True):
+        from pnnunet.training.device import pick_device
+
+        self.model = model if isinstance(model, ModelFolder) else load_model_folder(model, folds, checkpoint)
+        plan = self.model.plan
+        if plan.previous_stage:
+            raise PnnunetError(f"configuration '{self.model.configuration}' is a cascade stage (it needs the "
+                               f"predictions of '{plan.previous_stage}' as input), which pnnunet_predict does not "
+                               "support yet\n  fix: predict with 3d_fullres, 3d_lowres or 2d")
+        if not 0 < step_size <= 1:
+            raise PnnunetError(f"step_size must be in (0, 1], got {step_size}\n  fix: use e.g. -step_size 0.5")
+        self.plan = plan
+        self.use_tta = bool(use_tta)
+        self.step_size = float(step_size)
+        self.use_static_graph = bool(use_static_graph)
+        self.num_threads = num_threads or os.cpu_count() or 1
+        self.progress = progress
+        self.device = pick_device(device)
+        if self.device == "cpu":
+            from pnnunet.training.device import set_cpu_threads
+
+            set_cpu_threads(self.num_threads)
+        self.tile_batch_size = int(tile_batch_size or DEFAULT_TILE_BATCH[self.device, len(plan.patch_size)])
+        self.num_outputs = self.model.labels.num_segmentation_heads
+        self._predict_fns: list | None = None
+        self.backend = "static" if use_static_graph else "eager"
+
+    # ---- network ------------------------------------------------------------------------------
+    def _network_builder(self, weights: dict):
+        from pnnunet.training.device import import_paddle
+        from pnnunet.training.network import build_network
+
+        def build():
+            paddle = import_paddle()
+            with paddle.utils.unique_name.guard():
+                network = build_network(self.plan.raw, self.model.num_input_channels, self.num_outputs,
+                                        deep_supervision=False)
+            load_weights(network, weights)
+            network.eval()
+            return network
+
+        return build
+
+    def prepare(self) -> None:
+        """Export (or load the cached export of) every fold and create its predictor; idempotent."""
+        if self._predict_fns is not None:
+            return
+        from pnnunet.inference.static_graph import make_predict_fn
+
+        fns, backends = [], []
+        for fold in self.model.folds:
+            fn, backend = make_predict_fn(self._network_builder(fold.weights), fold.checkpoint_path,
+                                          self.model.num_input_channels, len(self.plan.patch_size), self.device,
+                                          self.use_static_graph, self.num_threads)
+            fns.append(fn)
+            backends.append(backend)
+        self._predict_fns = fns
+        self.backend = "static" if all(b == "static" for b in backends) else "eager"
+
+    @property
+    def current_backend(self) -> str:
+        """``static`` while every fold runs through Paddle Inference, else ``eager``."""
+        if self._predict_fns is None:
+            return self.backend
+        return "static" if all(getattr(f, "backend", "eager") == "static" for f in self._predict_fns) else "eager"
+
+    def predict_logits(self, data: np.ndarray) -> np.ndarray:
+        """Mean over folds of the sliding-window logits of one preprocessed case (§7.3–7.5, A.3).
+
+        Parameters
+        ----------
+        data : float32 (C, x, y, z), preprocessed (plans' transposed order)
+
+        Returns
+        -------
+        float32 (K, x, y, z)
+        """
+        self.prepare()
+        total = None
+        for fold, predict in zip(self.model.folds, self._predict_fns):
+            logits = predict_sliding_window(predict, data, self.plan.patch_size, self.num_outputs, self.step_size,
+                                            fold.mirror_axes if self.use_tta else None, True, self.tile_batch_size)
+            if total is None:
+                total = logits
+            else:
+                total += logits
+                del logits
+        if len(self._predict_fns) > 1:
+            total /= np.float32(len(self._predict_fns))
+        return total
+
+    # ---- files --------------------------------------------------------------------------------
+    def reader_writer(self, example_file: Path | None = None) -> ImageIO:
+        """The model's reader/writer: the plans' ``image_reader_writer``, else by file ending."""
+        name = self.model.plans.get("image_reader_writer")
+        if name:
+            return reader_writer_by_name(name)
+        dj = self.model.dataset_json
+        return reader_writer_for(dj["file_ending"], example_file, dj.get("overwrite_image_reader_writer"))
+
+    def predict_args(self) -> dict:
+        """The settings recorded in ``predict_args.json`` (the guarded ones: :data:`GUARDED_KEYS`)."""
+        return {"model": self.model.identity, "configuration": self.model.configuration,
+                "folds": [f if f == "all" else int(f) for f in self.model.fold_names],
+                "checkpoint": self.model.checkpoint, "use_tta": self.use_tta, "step_size": self.step_size,
+                "model_dir": str(self.model.model_dir), "trainer": self.model.trainer_name,
+                "plans": self.model.plans_name, "device": self.device, "pnnunet_version": pnnunet.__version__}
+
+    def _claim_output_folder(self, output_folder: Path) -> None:
+        claim_output_folder(output_folder, self.predict_args())
+        write_json_atomic(output_folder / "dataset.json", self.model.dataset_json)
+        write_json_atomic(output_folder / "plans.json", self.model.plans)
+
+    def _is_done(self, output_folder: Path, case: str, save_probabilities: bool) -> bool:
+        seg = output_folder / f"{case}{self.model.dataset_json['file_ending']}"
+        if not seg.is_file():
+            return False
+        return not save_probabilities or ((output_folder / f"{case}.npz").is_file()
+                                          and (output_folder / f"{case}.json").is_file())
+
+    def predict_folder(self, input_folder: Path | str, output_folder: Path | str, save_probabilities: bool = False,
+                       continue_prediction: bool = False, num_preprocessing_workers: int = 2,
+                       num_export_workers: int = 2) -> PredictionSummary:
+        """Predict every case of ``input_folder`` into ``output_folder`` (reference §7, ``nnUNetv2_predict``).
+
+        Parameters
+        ----------
+        input_folder : images named ``CASE_XXXX{file_ending}`` (single-channel models: ``_0000`` optional)
+        output_folder : gets ``CASE{file_ending}`` per case (+ ``CASE.npz``/``CASE.json`` with
+            ``save_probabilities``), ``dataset.json``, ``plans.json`` and ``predict_args.json``
+        save_probabilities : also write softmax (sigmoid) probabilities, needed for ensembling
+        continue_prediction : skip cases whose outputs already exist
+        num_preprocessing_workers : ``-npp`` background preprocessing processes (0: in this process)
+        num_export_workers : ``-nps`` background export processes (0: in this process)
+
+        Returns
+        -------
+        PredictionSummary
+
+        Raises
+        ------
+        PnnunetError : input problems (missing channel, wrong file ending, channels of different
+            geometry: the message names the case), output folder of another model/settings
+        """
+        input_folder, output_folder = Path(input_folder), Path(output_folder)
+        if input_folder.expanduser().resolve() == output_folder.expanduser().resolve():
+            raise PnnunetError(f"the output folder {output_folder} is the input folder\n"
+                               "  fix: choose a different output folder (-o)")
+        dj = self.model.dataset_json
+        cases = get_inference_cases(input_folder, dj["file_ending"], self.model.num_input_channels)
+        self._claim_output_folder(output_folder)
+        todo = {c: f for c, f in cases.items()
+                if not (continue_prediction and self._is_done(output_folder, c, save_probabilities))}
+        if len(todo) < len(cases):
+            log.info("%d of %d cases already predicted in %s: skipped", len(cases) - len(todo), len(cases),
+                     output_folder)
+        rw = self.reader_writer(next(iter(cases.values()))[0])
+        start = time.perf_counter()
+        if todo:
+            self._run(todo, output_folder, rw, save_probabilities, num_preprocessing_workers, num_export_workers)
+        summary = PredictionSummary(output_folder, len(cases), len(todo), len(cases) - len(todo),
+                                    time.perf_counter() - start, self.current_backend)
+        log.info("%s", summary)
+        return summary
+
+    def _run(self, todo: dict[str, list[Path]], output_folder: Path, rw: ImageIO, save_probabilities: bool,
+             npp: int, nps: int) -> None:
+        export_args = (self.model.plans, self.model.configuration, self.model.dataset_json)
+        pool = _pool(nps)
+        exporting: deque[tuple[str, Future]] = deque()
+        try:
+            with closing(_Prefetcher(todo, (*export_args, rw), npp)) as prefetcher, \
+                    tqdm(total=len(todo), desc="predicting", unit="case", disable=not self.progress) as bar:
+                if npp > 0:
+                    self.prepare()  # export / load the networks while the first cases are preprocessed
+                for case, data, properties in prefetcher:
+                    logits = self.predict_logits(data)
+                    del data
+                    job = (logits, properties, *export_args, output_folder / case, rw, save_probabilities)
+                    if pool is None:
+                        try:
+                            export_case(*job)
+                        except PnnunetError as e:
+                            raise PnnunetError(f"case '{case}': {e}") from None
+                    else:
+                        exporting.append((case, pool.submit(call_picklable, export_case, job)))
+                        while len(exporting) > nps:  # bound the logits waiting in memory
+                            _result(exporting[0][1], exporting[0][0])
+                            exporting.popleft()
+                    del logits, job
+                    bar.update()
+                while exporting:
+                    _result(exporting[0][1], exporting[0][0])
+                    exporting.popleft()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def load_weights(network, weights: dict) -> None:
+    """Load numpy ``weights`` into ``network``; keys and shapes must match exactly.
+
+    Paddle's ``set_state_dict`` only warns about mismatches; a checkpoint of another architecture
+    must fail loudly instead.
+    """
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(weights) if tuple(np.shape(weights[k])) != expected[k])
+    if missing or unexpected or wrong:
+        parts = [f"{name}: {keys[:3]}{' ...' if len(keys) > 3 else ''}" for name, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise PnnunetError("the checkpoint's weights do not fit the network of the plan (" + "; ".join(parts) +
+                           ")\n  fix: use the plans.json the model was trained with")
+    network.set_state_dict(weights)
