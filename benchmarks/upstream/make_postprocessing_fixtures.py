@@ -1,5 +1,5 @@
 """upstream venv: determine_postprocessing on scen2/*, collect postprocessing.json into one fixture file."""
-import json, os, shutil, sys
+import json, shutil, sys
 from pathlib import Path
 
 def main(out_file):
