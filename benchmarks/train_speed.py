@@ -32,7 +32,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from measure import run_measured  # noqa: E402
+from measure import run_measured
 
 DEFAULT_PLANS = Path("/work/shared/reference/upstream_hippocampus_220/nnUNetPlans.json")
 DEFAULT_UPSTREAM_PYTHON = Path("/work/venvs/upstream/bin/python")

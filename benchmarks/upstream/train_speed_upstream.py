@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import time
+from importlib.metadata import version
 
 import numpy as np
 import torch
@@ -83,9 +84,6 @@ def main() -> None:
         optimizer.step()
         losses.append(float(l.detach().cpu().numpy()))
         times.append(time.perf_counter() - t0)
-    import nnunetv2  # noqa: F401  (version only)
-    from importlib.metadata import version
-
     result = {
         "tool": "upstream", "mode": "torch eager", "torch": torch.__version__, "nnunetv2": version("nnunetv2"),
         "python": platform.python_version(), "threads": torch.get_num_threads(),

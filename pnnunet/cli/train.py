@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", "--num-workers", type=int, default=None,
                    help="augmentation worker processes (default: env pnnunet_n_proc_DA or min(2, cores)); 0 = in-process")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no_fast_cpu", "--no-fast-cpu", action="store_true",
+                   help="CPU: use Paddle's own (slower) convolution kernels instead of oneDNN")
     p.add_argument("--no_pbar", "--no-pbar", action="store_true")
     p.add_argument("--verbose", action="store_true")
     return p
@@ -72,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
                                                                             min(2, os.cpu_count() or 1))
     cfg = make_train_config(args.tr, num_epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                             val_iterations_per_epoch=args.val_iterations_per_epoch, save_every=args.save_every,
-                            num_workers=workers, seed=args.seed)
+                            num_workers=workers, seed=args.seed,
+                            fast_cpu_convolutions=False if args.no_fast_cpu else None)
     device = pick_device(args.device)
     model_dir = roots.results / name / f"{args.tr}__{args.p}__{args.configuration}"
     job = TrainingJob(pre_dir, model_dir, plans, args.configuration, _fold(args.fold), dataset_json, args.tr, cfg,

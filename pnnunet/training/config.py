@@ -33,6 +33,9 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 12345
     ema_alpha: float = 0.9
+    # CPU only: run convolutions (forward and backward) through the oneDNN library inside Paddle's
+    # wheel (training/fast_cpu.py); same numbers up to float32 rounding, ~3.5x faster than eager.
+    fast_cpu_convolutions: bool = True
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})

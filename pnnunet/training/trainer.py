@@ -93,6 +93,10 @@ class Trainer:
         from pnnunet.training.network import build_network
 
         self.network = build_network(self.plan.raw, self.num_input_channels, self.num_heads, deep_supervision=True)
+        if self.job.device == "cpu" and self.cfg.fast_cpu_convolutions:
+            from pnnunet.training.fast_cpu import accelerate_convolutions
+
+            log.debug("CPU: %d convolution layers run through oneDNN", accelerate_convolutions(self.network))
         self.optimizer = paddle.optimizer.Momentum(
             learning_rate=self.cfg.initial_lr, momentum=self.cfg.momentum, use_nesterov=True,
             weight_decay=paddle.regularizer.L2Decay(self.cfg.weight_decay), parameters=self.network.parameters(),

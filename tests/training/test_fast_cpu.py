@@ -185,3 +185,15 @@ def test_missing_library_leaves_network_alone(monkeypatch, tmp_path):
     assert type(net[0]) is paddle.nn.Conv3D
     with pytest.raises(fast_cpu.OneDNNError, match="not usable"):
         fast_cpu.onednn_conv(paddle.ones([1, 1, 3, 3, 3]), paddle.ones([2, 1, 3, 3, 3]), None, [1] * 3, [1] * 3)
+
+
+def test_static_graph_export_uses_paddle_kernels():
+    paddle.seed(11)
+    net = build_network(tiny_plan(3), 1, 3, deep_supervision=False)
+    x = paddle.to_tensor(np.random.default_rng(2).standard_normal((1, 1, 16, 16, 16)).astype(np.float32))
+    net.eval()
+    ref = net(x).numpy()
+    fast_cpu.accelerate_convolutions(net)
+    static = paddle.jit.to_static(net, input_spec=[paddle.static.InputSpec([None, 1, 16, 16, 16], "float32")],
+                                  full_graph=True)
+    assert rel_err(static(x).numpy(), ref) < 1e-4
