@@ -71,3 +71,14 @@ def test_train_kill_resume_validate(workspace):
     assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
     assert (fold / "progress.png").exists()
     assert "mean foreground Dice" in out.stdout
+
+    # pnnunet_evaluate on the same validation folder gives the trainer's numbers (issue 4 must-show)
+    ev = subprocess.run(_cli("evaluate", "-ref", str(workspace / "pre" / "Dataset004_Hippocampus_sample" /
+                                                      "gt_segmentations"), "-pred", str(fold / "validation"), "-d", "4",
+                             "--chill", "-o", str(workspace / "evaluate_summary.json")),
+                        env=env, capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    again = json.loads((workspace / "evaluate_summary.json").read_text())
+    assert again["foreground_mean"]["Dice"] == pytest.approx(summary["foreground_mean"]["Dice"], abs=1e-12)
+    for label in ("1", "2"):
+        assert again["mean"][label]["Dice"] == pytest.approx(summary["mean"][label]["Dice"], abs=1e-12)
