@@ -194,6 +194,17 @@ def _listed(folder: Path, ending: str = _MSD_ENDING) -> list[Path]:
                   if p.is_file() and p.name.endswith(ending) and not p.name.startswith((".", "_")))
 
 
+def _read_header(src_file: Path) -> sitk.ImageFileReader:
+    """A reader with the file's header (dimension, pixel type) loaded, or a clear error."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(src_file))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise DatasetError(src_file, "cannot be read as a NIfTI image", "check that the file is complete") from None
+    return reader
+
+
 def split_image(src_file: Path, dst_dir: Path) -> list[Path]:
     """Write an MSD image as one 3D file per channel: ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ...
 
@@ -202,12 +213,7 @@ def split_image(src_file: Path, dst_dir: Path) -> list[Path]:
     """
     src_file, dst_dir = Path(src_file), Path(dst_dir)
     case = src_file.name[: -len(_MSD_ENDING)]
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(src_file))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise DatasetError(src_file, "cannot be read as a NIfTI image", "check that the file is complete") from None
+    reader = _read_header(src_file)
     dim = reader.GetDimension()
     if dim in (2, 3):
         dst = dst_dir / f"{case}_0000{_MSD_ENDING}"
@@ -241,12 +247,7 @@ def copy_label(src_file: Path, dst_file: Path) -> None:
     The values and the geometry are unchanged. Non-integer or negative values are an error.
     """
     src_file, dst_file = Path(src_file), Path(dst_file)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(src_file))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise DatasetError(src_file, "cannot be read as a NIfTI image", "check that the file is complete") from None
+    reader = _read_header(src_file)
     if reader.GetPixelID() in _INT_TYPES:
         shutil.copyfile(src_file, dst_file)
         return

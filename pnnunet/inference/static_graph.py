@@ -232,12 +232,18 @@ class InferencePredictor:
 
 
 def eager_predict_fn(network) -> PredictFn:
-    """The eager network as a predict function (eval mode, deep supervision off, no gradients)."""
-    from pnnunet.training.validation import network_predict_fn
-
+    """The eager network as a predict function (eval mode, deep supervision off, no gradients):
+    float32 (N, C, *P) → (N, K, *P)."""
+    paddle = import_paddle()
     network.deep_supervision = False
     network.eval()
-    return network_predict_fn(network)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with paddle.no_grad():
+            out = network(paddle.to_tensor(np.ascontiguousarray(x, dtype=np.float32)))
+        return out.numpy()
+
+    return predict
 
 
 class _FallbackPredictFn:

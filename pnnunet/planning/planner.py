@@ -15,6 +15,7 @@ import numpy as np
 
 from pnnunet.planning.topology import conv_feature_map_size, get_pool_and_conv_props
 from pnnunet.preprocessing.normalization import scheme_for_channel_name
+from pnnunet.preprocessing.resampling import compute_new_shape
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,6 @@ def transpose_from_spacing(target_spacing: Sequence[float]) -> tuple[list[int], 
     forward = [m] + [i for i in range(len(target_spacing)) if i != m]
     backward = [forward.index(i) for i in range(len(target_spacing))]
     return forward, backward
-
-
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> list[int]:
-    """``int(round(old_spacing / new_spacing * n))`` per axis (reference §3.3, §4.3)."""
-    return [int(round(s / t * n)) for s, t, n in zip(spacing, new_spacing, shape)]
 
 
 def normalization_for_channels(channel_names: dict, median_relative_size_after_cropping: float
@@ -233,7 +229,7 @@ def plan_experiment(fingerprint: dict, dataset_json: dict, dataset_name: str, im
     tf, tb = transpose_from_spacing(target)
     target_t = target[tf]
 
-    new_shapes = [resampled_shape(sh, sp, target) for sp, sh in zip(spacings, shapes)]
+    new_shapes = [compute_new_shape(sh, sp, target) for sp, sh in zip(spacings, shapes)]  # §3.3
     median_new = np.median(np.vstack(new_shapes), 0)
     median_t = median_new[tf]
     n_training = dataset_json["numTraining"]

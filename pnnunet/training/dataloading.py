@@ -27,9 +27,9 @@ SEG_PAD_VALUE = -1
 
 def limit_worker_threads() -> None:
     """Limit BLAS / OpenMP pools of this process to one thread (augmentation workers, §5.2)."""
-    from threadpoolctl import threadpool_limits
+    from pnnunet.parallel import single_thread_worker
 
-    threadpool_limits(limits=1)  # kept for the life of the process (not used as a context manager)
+    single_thread_worker()
 
 
 class NNUNetPatchLoader(DataLoader):

@@ -299,5 +299,5 @@ class Trainer:
             self.network.set_state_dict(state["network_weights"])
         _, val_ids = self.split()
         return validate_fold(self.network, self.job, self.plan, val_ids,
-                             state.get("inference_allowed_mirroring_axes", self.mirror_axes), save_probabilities,
-                             checkpoint_path=path)
+                             state.get("inference_allowed_mirroring_axes", self.mirror_axes), path,
+                             save_probabilities)

@@ -10,29 +10,16 @@ import numpy as np
 from tqdm import tqdm
 
 from pnnunet.dataset.labels import LabelInfo
-from pnnunet.training.device import import_paddle
 
 log = logging.getLogger(__name__)
-
-
-def network_predict_fn(network):
-    """Wrap an eval-mode Paddle network (deep supervision off) as ``numpy (N,C,*P) → numpy (N,K,*P)``."""
-    paddle = import_paddle()
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with paddle.no_grad():
-            out = network(paddle.to_tensor(np.ascontiguousarray(x, dtype=np.float32)))
-        return out.numpy()
-
-    return predict
 
 
 def network_input_channels(job) -> int:
     return len(job.dataset_json.get("channel_names") or job.dataset_json["modality"])
 
 
-def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, save_probabilities: bool = False,
-                  checkpoint_path=None) -> dict:
+def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, checkpoint_path,
+                  save_probabilities: bool = False) -> dict:
     from pnnunet.evaluation.metrics import compute_metrics_on_folder
     from pnnunet.imageio import reader_writer_by_name
     from pnnunet.inference.export_prediction import export_prediction
@@ -43,12 +30,10 @@ def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, save_prob
 
     network.deep_supervision = False
     network.eval()
-    if checkpoint_path is not None:  # Paddle Inference (oneDNN) when it works, else the eager network
-        predict, backend = make_predict_fn(lambda: network, checkpoint_path, network_input_channels(job),
-                                           len(plan.patch_size), device=job.device)
-        log.info("final validation uses the %s network", backend)
-    else:
-        predict = network_predict_fn(network)
+    # Paddle Inference (oneDNN) when it works, else the eager network
+    predict, backend = make_predict_fn(lambda: network, checkpoint_path, network_input_channels(job),
+                                       len(plan.patch_size), device=job.device)
+    log.info("final validation uses the %s network", backend)
     labels = LabelInfo.from_dataset_json(job.dataset_json)
     rw = reader_writer_by_name(job.plans["image_reader_writer"])
     out_dir = job.fold_dir / "validation"
