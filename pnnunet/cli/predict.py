@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="output", required=True, type=Path, help="output folder (created)")
     add_dataset_arg(p)
     p.add_argument("-c", dest="configuration", default=None,
-                   help="configuration (2d, 3d_fullres, 3d_lowres). Default: the choice of "
+                   help="configuration (2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres). Default: the choice of "
                         "pnnunet_find_best_config, else the only trained configuration")
     p.add_argument("-p", dest="plans", default=None, help=f"plans name (default {DEFAULT_PLANS})")
     p.add_argument("-tr", dest="trainer", default=None, help=f"trainer (default {DEFAULT_TRAINER})")
@@ -58,7 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-nps", type=int, default=None,
                    help="background export processes (default: env pnnunet_nps or min(3, cores)); 0 = none")
     p.add_argument("-device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
-    p.add_argument("-prev_stage_predictions", default=None, help="(cascade; not supported yet)")
+    p.add_argument("-prev_stage_predictions", "--prev_stage_predictions", type=Path, default=None,
+                   help="cascade (3d_cascade_fullres) only: folder with the previous stage's predictions of the "
+                        "same cases. Default: the previous stage (3d_lowres, same trainer and plans) is "
+                        "predicted first, into a hidden folder under the output that is removed afterwards")
     p.add_argument("--tile_batch_size", "--tile-batch-size", type=int, default=None,
                    help="patches per network call (default: measured best for the device)")
     p.add_argument("--eager", action="store_true",
@@ -151,6 +154,32 @@ def _predictor(model_dir: Path, folds, args: argparse.Namespace):
                      progress=not args.no_pbar)
 
 
+def _predict_model(predictor, folds, args: argparse.Namespace, output: Path, save_probabilities: bool, npp: int,
+                   nps: int) -> None:
+    """Predict ``args.input`` into ``output`` with one model; a cascade stage without
+    ``-prev_stage_predictions`` first predicts its previous stage (reference §7.7, v1 behaviour)."""
+    from pnnunet.inference.model_folder import model_dir_name, parse_model_dir_name
+
+    previous_stage = predictor.plan.previous_stage
+    prev_output = args.prev_stage_predictions
+    temporary = None
+    if previous_stage and prev_output is None:
+        model_dir = predictor.model.model_dir
+        trainer, plans, _ = parse_model_dir_name(model_dir.name)
+        prev_dir = model_dir.parent / model_dir_name(trainer, plans, previous_stage)
+        temporary = prev_output = output / f".{previous_stage}"
+        print(f"pnnunet: {predictor.model.configuration} is a cascade stage: predicting {previous_stage} "
+              f"({prev_dir.name}) first")
+        _predictor(prev_dir, folds, args).predict_folder(
+            args.input, prev_output, continue_prediction=args.continue_prediction, num_preprocessing_workers=npp,
+            num_export_workers=nps)
+    predictor.predict_folder(args.input, output, save_probabilities=save_probabilities,
+                             continue_prediction=args.continue_prediction, num_preprocessing_workers=npp,
+                             num_export_workers=nps, previous_stage_predictions=prev_output)
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
 def _member_folder(output: Path, model_dir: Path, models: list[Path]) -> Path:
     from pnnunet.inference.model_folder import parse_model_dir_name
 
@@ -197,9 +226,7 @@ def _run_combined(args: argparse.Namespace, models: list[Path], pp_file: Path | 
     members = []
     for m, predictor in zip(models, predictors):
         folder = _member_folder(output, m, models)
-        predictor.predict_folder(args.input, folder, save_probabilities=ensemble or args.save_probabilities,
-                                 continue_prediction=args.continue_prediction, num_preprocessing_workers=npp,
-                                 num_export_workers=nps)
+        _predict_model(predictor, folds, args, folder, ensemble or args.save_probabilities, npp, nps)
         members.append(folder)
     source = members[0]
     workers = max(1, nps)
@@ -223,9 +250,6 @@ def _run(args: argparse.Namespace) -> int:
     from pnnunet.inference.model_folder import parse_fold
     from pnnunet.paths import env_int
 
-    if args.prev_stage_predictions is not None:
-        raise PnnunetError("cascade prediction (-prev_stage_predictions) is not supported yet\n"
-                           "  fix: predict with 3d_fullres, 3d_lowres or 2d")
     npp = args.npp if args.npp is not None else env_int("pnnunet_npp", default_num_processes(3))
     nps = args.nps if args.nps is not None else env_int("pnnunet_nps", default_num_processes(3))
     if npp < 0 or nps < 0:
@@ -233,10 +257,8 @@ def _run(args: argparse.Namespace) -> int:
     models, pp_file, default_folds = _choose(args)
     folds = [parse_fold(f) for f in args.folds] if args.folds else default_folds
     if len(models) == 1 and pp_file is None:
-        predictor = _predictor(models[0], folds, args)
-        predictor.predict_folder(args.input, args.output, save_probabilities=args.save_probabilities,
-                                 continue_prediction=args.continue_prediction, num_preprocessing_workers=npp,
-                                 num_export_workers=nps)
+        _predict_model(_predictor(models[0], folds, args), folds, args, args.output, args.save_probabilities, npp,
+                       nps)
         return 0
     return _run_combined(args, models, pp_file, folds, npp, nps)
 

@@ -81,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     job = TrainingJob(pre_dir, model_dir, plans, args.configuration, _fold(args.fold), dataset_json, args.tr, cfg,
                       device, progress_bar=not args.no_pbar)
     trainer = Trainer(job)
+    trainer.check_inputs()  # a clear error before the fold folder and its log are created
     job.fold_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(job.fold_dir / "training_log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -155,6 +155,32 @@ def logits_to_segmentation_in_original_geometry(logits: np.ndarray, plans: dict,
     return seg_full, probs_full
 
 
+def logits_to_next_stage_segmentation(logits: np.ndarray, plans: dict,
+                                      configuration: str | ConfigurationPlan | dict, target_shape: Sequence[int],
+                                      dataset_json: dict) -> np.ndarray:
+    """The segmentation a stage hands to its next stage: logits resampled to the next stage's
+    preprocessed grid ``target_shape``, then argmax (reference §5.10, "predicted_next_stage").
+
+    As upstream's ``resample_and_save``, the stage's own spacing is passed as both the current and the
+    target spacing of ``resampling_fn_probabilities`` (so the separate-z decision follows the
+    stage's spacing), and the result is uint8 (uint16 with >= 255 foreground labels).
+
+    logits : float32 (K, x, y, z) in this stage's preprocessed grid; returns (X, Y, Z)
+    """
+    labels = LabelInfo.from_dataset_json(dataset_json)
+    config = _configuration_dict(plans, configuration)
+    spacing = [float(s) for s in config["spacing"]]
+    name = config.get("resampling_fn_probabilities", DEFAULT_PROBABILITY_RESAMPLING[0])
+    kwargs = config.get("resampling_fn_probabilities_kwargs", DEFAULT_PROBABILITY_RESAMPLING[1])
+    resampled = resampling_function(name)(np.asarray(logits, dtype=np.float32), [int(s) for s in target_shape],
+                                          spacing, spacing, **kwargs)
+    if labels.has_regions:
+        seg = probabilities_to_segmentation(sigmoid(resampled), labels)
+    else:
+        seg = np.argmax(resampled, axis=0)
+    return seg.astype(np.uint8 if len(labels.foreground_labels) < 255 else np.uint16)
+
+
 def export_prediction(logits: np.ndarray, properties: dict, plans: dict,
                       configuration: str | ConfigurationPlan | dict, dataset_json: dict,
                       output_file_base: Path | str, reader_writer: ImageIO | None = None,

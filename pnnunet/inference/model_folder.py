@@ -76,8 +76,16 @@ class ModelFolder:
         return LabelInfo.from_dataset_json(self.dataset_json, self.model_dir / "dataset.json")
 
     @property
-    def num_input_channels(self) -> int:
+    def num_image_channels(self) -> int:
+        """Image files per case (``channel_names``)."""
         return len(self.dataset_json.get("channel_names") or self.dataset_json["modality"])
+
+    @property
+    def num_input_channels(self) -> int:
+        """Network inputs: the image channels, plus one per foreground label for a cascade stage."""
+        from pnnunet.preprocessing.previous_stage import num_network_inputs
+
+        return num_network_inputs(self.dataset_json, self.plan.previous_stage)
 
     @property
     def fold_names(self) -> list[Fold]:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import pnnunet
 from pnnunet.dataset.cases import get_inference_cases
+from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json, write_json_atomic
 from pnnunet.imageio import ImageIO, reader_writer_by_name, reader_writer_for
@@ -40,6 +41,7 @@ from pnnunet.inference.model_folder import DEFAULT_CHECKPOINT, Fold, ModelFolder
 from pnnunet.inference.sliding_window import predict_sliding_window
 from pnnunet.parallel import call_picklable, single_thread_worker
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
+from pnnunet.preprocessing.previous_stage import append_previous_stage
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,19 @@ DEFAULT_TILE_BATCH = {("cpu", 3): 1, ("cpu", 2): 4, ("gpu", 3): 8, ("gpu", 2): 8
 # ----------------------------------------------------------------------------------------------
 # work done in background processes (module level, paddle-free, so spawned workers start fast)
 def preprocess_for_inference(image_files: Sequence[Path], plans: dict, configuration: str, dataset_json: dict,
-                             reader_writer: ImageIO) -> tuple[np.ndarray, dict]:
-    """Read and preprocess one case for prediction (reference §7.2): float32 (C, x, y, z) + properties."""
-    data, _, properties = preprocess_case_files(image_files, None, plans, configuration, dataset_json, reader_writer)
+                             reader_writer: ImageIO, previous_stage_file: Path | None = None
+                             ) -> tuple[np.ndarray, dict]:
+    """Read and preprocess one case for prediction (reference §7.2): float32 (C, x, y, z) + properties.
+
+    A cascade stage gets ``previous_stage_file``, the previous stage's segmentation of the case: it is
+    transposed, cropped and resampled like a label map and appended one-hot (§7.7), giving
+    ``C + #foreground labels`` channels.
+    """
+    data, seg, properties = preprocess_case_files(image_files, previous_stage_file, plans, configuration,
+                                                  dataset_json, reader_writer, class_locations=False)
+    if previous_stage_file is not None:
+        labels = LabelInfo.from_dataset_json(dataset_json)
+        data = append_previous_stage(data, seg, labels.foreground_labels)
     return data, properties
 
 
@@ -94,9 +106,11 @@ class _Prefetcher:
     prepared meanwhile. With ``num_workers == 0`` cases are preprocessed here, on iteration.
     """
 
-    def __init__(self, cases: dict[str, list[Path]], args: tuple, num_workers: int):
+    def __init__(self, cases: dict[str, list[Path]], args: tuple, num_workers: int,
+                 previous_stage_files: dict[str, Path] | None = None):
         self._todo = iter(cases.items())
         self._args = args
+        self._previous = previous_stage_files or {}
         self._pool = _pool(num_workers)
         self._pending: deque[tuple[str, Future]] = deque()
         if self._pool is not None:
@@ -110,14 +124,14 @@ class _Prefetcher:
             return False
         case, files = item
         self._pending.append((case, self._pool.submit(call_picklable, preprocess_for_inference,
-                                                      (files, *self._args))))
+                                                      (files, *self._args, self._previous.get(case)))))
         return True
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, dict]]:
         if self._pool is None:
             for case, files in self._todo:
                 try:
-                    yield case, *preprocess_for_inference(files, *self._args)
+                    yield case, *preprocess_for_inference(files, *self._args, self._previous.get(case))
                 except PnnunetError as e:
                     raise PnnunetError(f"case '{case}': {e}") from None
             return
@@ -202,8 +216,7 @@ class Predictor:
 
     Raises
     ------
-    PnnunetError : a cascade configuration (needs previous-stage predictions: not supported yet),
-        a bad step size, and everything :func:`load_model_folder` raises
+    PnnunetError : a bad step size, and everything :func:`load_model_folder` raises
     """
 
     def __init__(self, model: ModelFolder | Path | str, folds: Sequence[Fold] | None = None,
@@ -214,10 +227,6 @@ class Predictor:
 
         self.model = model if isinstance(model, ModelFolder) else load_model_folder(model, folds, checkpoint)
         plan = self.model.plan
-        if plan.previous_stage:
-            raise PnnunetError(f"configuration '{self.model.configuration}' is a cascade stage (it needs the "
-                               f"predictions of '{plan.previous_stage}' as input), which pnnunet_predict does not "
-                               "support yet\n  fix: predict with 3d_fullres, 3d_lowres or 2d")
         if not 0 < step_size <= 1:
             raise PnnunetError(f"step_size must be in (0, 1], got {step_size}\n  fix: use e.g. -step_size 0.5")
         self.plan = plan
@@ -331,7 +340,8 @@ class Predictor:
 
     def predict_folder(self, input_folder: Path | str, output_folder: Path | str, save_probabilities: bool = False,
                        continue_prediction: bool = False, num_preprocessing_workers: int = 2,
-                       num_export_workers: int = 2) -> PredictionSummary:
+                       num_export_workers: int = 2, previous_stage_predictions: Path | str | None = None
+                       ) -> PredictionSummary:
         """Predict every case of ``input_folder`` into ``output_folder`` (reference §7, ``nnUNetv2_predict``).
 
         Parameters
@@ -343,6 +353,8 @@ class Predictor:
         continue_prediction : skip cases whose outputs already exist
         num_preprocessing_workers : ``-npp`` background preprocessing processes (0: in this process)
         num_export_workers : ``-nps`` background export processes (0: in this process)
+        previous_stage_predictions : cascade stage only (required there): the previous stage's
+            output folder, ``CASE{file_ending}`` for every case (§7.7)
 
         Returns
         -------
@@ -351,14 +363,16 @@ class Predictor:
         Raises
         ------
         PnnunetError : input problems (missing channel, wrong file ending, channels of different
-            geometry: the message names the case), output folder of another model/settings
+            geometry: the message names the case), output folder of another model/settings, a
+            cascade stage without (complete) previous-stage predictions
         """
         input_folder, output_folder = Path(input_folder), Path(output_folder)
         if input_folder.expanduser().resolve() == output_folder.expanduser().resolve():
             raise PnnunetError(f"the output folder {output_folder} is the input folder\n"
                                "  fix: choose a different output folder (-o)")
         dj = self.model.dataset_json
-        cases = get_inference_cases(input_folder, dj["file_ending"], self.model.num_input_channels)
+        cases = get_inference_cases(input_folder, dj["file_ending"], self.model.num_image_channels)
+        previous = self._previous_stage_files(cases, previous_stage_predictions)
         self._claim_output_folder(output_folder)
         todo = {c: f for c, f in cases.items()
                 if not (continue_prediction and self._is_done(output_folder, c, save_probabilities))}
@@ -368,19 +382,42 @@ class Predictor:
         rw = self.reader_writer(next(iter(cases.values()))[0])
         start = time.perf_counter()
         if todo:
-            self._run(todo, output_folder, rw, save_probabilities, num_preprocessing_workers, num_export_workers)
+            self._run(todo, output_folder, rw, save_probabilities, num_preprocessing_workers, num_export_workers,
+                      previous)
         summary = PredictionSummary(output_folder, len(cases), len(todo), len(cases) - len(todo),
                                     time.perf_counter() - start, self.current_backend)
         log.info("%s", summary)
         return summary
 
+    def _previous_stage_files(self, cases: dict, folder: Path | str | None) -> dict[str, Path] | None:
+        """Cascade: each case's previous-stage segmentation in ``folder`` (all must exist); else None."""
+        previous = self.plan.previous_stage
+        if not previous:
+            if folder is not None:
+                log.warning("-prev_stage_predictions ignored: %s is not a cascade stage", self.model.configuration)
+            return None
+        if folder is None:
+            raise PnnunetError(f"configuration '{self.model.configuration}' is a cascade stage: it needs the "
+                               f"predictions of '{previous}' for the same cases\n  fix: pass "
+                               f"-prev_stage_predictions FOLDER (the output of pnnunet_predict -c {previous}); "
+                               "pnnunet_predict without it predicts the previous stage first")
+        folder = Path(folder)
+        ending = self.model.dataset_json["file_ending"]
+        files = {case: folder / f"{case}{ending}" for case in cases}
+        missing = [c for c, f in files.items() if not f.is_file()]
+        if missing:
+            shown = ", ".join(f"{c}{ending}" for c in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise PnnunetError(f"{folder}: no {previous} prediction for {len(missing)} of {len(cases)} cases "
+                               f"({shown})\n  fix: predict the same input folder with -c {previous} into it first")
+        return files
+
     def _run(self, todo: dict[str, list[Path]], output_folder: Path, rw: ImageIO, save_probabilities: bool,
-             npp: int, nps: int) -> None:
+             npp: int, nps: int, previous: dict[str, Path] | None = None) -> None:
         export_args = (self.model.plans, self.model.configuration, self.model.dataset_json)
         pool = _pool(nps)
         exporting: deque[tuple[str, Future]] = deque()
         try:
-            with closing(_Prefetcher(todo, (*export_args, rw), npp)) as prefetcher, \
+            with closing(_Prefetcher(todo, (*export_args, rw), npp, previous)) as prefetcher, \
                     tqdm(total=len(todo), desc="predicting", unit="case", disable=not self.progress) as bar:
                 if npp > 0:
                     self.prepare()  # export / load the networks while the first cases are preprocessed

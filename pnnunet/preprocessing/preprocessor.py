@@ -41,7 +41,7 @@ def target_spacing_for(config: dict, original_spacing: Sequence[float]) -> list[
 
 
 def preprocess_case(data: np.ndarray, seg: np.ndarray | None, properties: dict, plans: dict,
-                    configuration: str | dict, dataset_json: dict
+                    configuration: str | dict, dataset_json: dict, class_locations: bool = True
                     ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Preprocess one case as nnU-Net v2's ``DefaultPreprocessor.run_case_npy`` (reference §4.1–4.6).
 
@@ -56,6 +56,8 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, properties: dict, 
         ``spacing``, ``normalization_schemes``, ``use_mask_for_norm``, ``resampling_fn_data``,
         ``resampling_fn_seg`` and their ``*_kwargs``
     dataset_json : needs ``labels`` (and ``regions_class_order`` in region mode) when seg is given
+    class_locations : sample the foreground locations of ``seg`` (training); False for a seg that
+        is only carried along (a cascade's previous-stage prediction at inference)
 
     Returns
     -------
@@ -102,7 +104,7 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, properties: dict, 
     data = resample_data(data, new_shape, original_spacing, target_spacing, **config["resampling_fn_data_kwargs"])
     seg = resample_seg(seg, new_shape, original_spacing, target_spacing, **config["resampling_fn_seg_kwargs"])
 
-    if has_seg:
+    if has_seg and class_locations:
         classes = location_classes(LabelInfo.from_dataset_json(dataset_json))
         props["class_locations"] = sample_foreground_locations(seg, classes)
     seg = seg.astype(np.int16 if seg.size and np.max(seg) > 127 else np.int8)
@@ -110,15 +112,16 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, properties: dict, 
 
 
 def preprocess_case_files(image_files: Sequence[Path | str], seg_file: Path | str | None, plans: dict,
-                          configuration: str | dict, dataset_json: dict, reader_writer
-                          ) -> tuple[np.ndarray, np.ndarray, dict]:
+                          configuration: str | dict, dataset_json: dict, reader_writer,
+                          class_locations: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read one case with ``reader_writer`` (an :class:`pnnunet.imageio.ImageIO`) and preprocess it.
 
-    See :func:`preprocess_case` for the outputs; ``seg_file`` None for inference.
+    See :func:`preprocess_case` for the outputs; ``seg_file`` None for inference (or the previous
+    stage's prediction of a cascade, with ``class_locations=False``).
     """
     data, properties = reader_writer.read_images(list(image_files))
     seg = reader_writer.read_seg(seg_file)[0] if seg_file is not None else None
     if seg is not None and seg.shape[1:] != data.shape[1:]:
         raise DatasetError(seg_file, f"has shape {seg.shape[1:]} but the images {data.shape[1:]}",
                            "labels and images of a case must share one grid (check --verify_dataset_integrity)")
-    return preprocess_case(data, seg, properties, plans, configuration, dataset_json)
+    return preprocess_case(data, seg, properties, plans, configuration, dataset_json, class_locations)

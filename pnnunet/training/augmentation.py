@@ -32,15 +32,12 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 from batchgenerators.transforms.utility_transforms import RemoveLabelTransform, RenameTransform
 
 from pnnunet.planning.plans import ConfigurationPlan
+from pnnunet.training.cascade_augmentation import cascade_transforms
 from pnnunet.training.dataloading import NNUNetPatchLoader
 from pnnunet.training.deep_supervision import downsample_seg_for_ds, ds_scales
 from pnnunet.training.sampling import rotation_and_mirroring
 
 log = logging.getLogger(__name__)
-
-CASCADE_NOT_SUPPORTED = ("cascade training (previous-stage segmentation as extra input channels, §5.4 step 14) "
-                         "is not supported by pnnunet's data loading yet; train 3d_fullres, 3d_lowres or 2d")
-
 
 # ---- pnnunet's own transforms (batchgenerators v1 interface: __call__(**data_dict) -> dict) ----------
 
@@ -150,7 +147,8 @@ class SeedPythonRandomInWorker(AbstractTransform):
 def training_transforms(patch_size: Sequence[int], rotation: Sequence[Sequence[float]], dummy_2d: bool,
                         mirror_axes: Sequence[int] | None, deep_supervision_scales: Sequence[Sequence[float]],
                         use_mask_for_norm: Sequence[bool] | None = None, *, order_data: int = 3,
-                        order_seg: int = 1, border_val_seg: int = -1, is_cascaded: bool = False) -> Compose:
+                        order_seg: int = 1, border_val_seg: int = -1,
+                        cascade_labels: Sequence[int] | None = None) -> Compose:
     """nnU-Net v2 ≤ 2.4's training augmentation (§5.4, paragraph "Differences ≤ v2.4 and [v1]").
 
     Parameters
@@ -162,14 +160,15 @@ def training_transforms(patch_size: Sequence[int], rotation: Sequence[Sequence[f
     mirror_axes : spatial axes to mirror (each with p 0.5); None or empty: no mirroring
     deep_supervision_scales : per-output scales (:func:`pnnunet.training.deep_supervision.ds_scales`)
     use_mask_for_norm : per channel; masked channels are set to 0 outside the non-zero mask
-    is_cascaded : not supported (raises NotImplementedError)
+    cascade_labels : cascade stage only: the foreground labels; seg channel 1 (the previous stage's
+        segmentation, augmented spatially with the labels) becomes one-hot input channels with
+        random morphology and component removal (§5.4 step 14)
 
-    Input dict: ``data`` float32 (B, C, *P0), ``seg`` int16 (B, 1, *P0) with -1 outside the image.
-    Output dict: ``data`` float32 (B, C, *P); ``target`` list of int16 (B, 1, *P_s), labels only
-    (no -1 left), plus the loader's ``keys``.
+    Input dict: ``data`` float32 (B, C, *P0), ``seg`` int16 (B, 1, *P0) (cascade: (B, 2, *P0)) with -1
+    outside the image.
+    Output dict: ``data`` float32 (B, C, *P) (cascade: C + len(cascade_labels) channels); ``target``
+    list of int16 (B, 1, *P_s), labels only (no -1 left), plus the loader's ``keys``.
     """
-    if is_cascaded:
-        raise NotImplementedError(CASCADE_NOT_SUPPORTED)
     patch_size = tuple(int(p) for p in patch_size)
     spatial_patch = patch_size[1:] if dummy_2d else patch_size
     ignore_axes = (0,) if dummy_2d else None
@@ -198,20 +197,22 @@ def training_transforms(patch_size: Sequence[int], rotation: Sequence[Sequence[f
         transforms.append(MirrorTransform(tuple(mirror_axes)))
     if use_mask_for_norm is not None and any(use_mask_for_norm):
         transforms.append(MaskOutsideSeg([i for i, m in enumerate(use_mask_for_norm) if m]))
-    transforms += _label_tail(deep_supervision_scales)
+    transforms += _label_tail(deep_supervision_scales, cascade_labels, augment=True)
     return Compose(transforms)
 
 
-def validation_transforms(deep_supervision_scales: Sequence[Sequence[float]], *, is_cascaded: bool = False
-                          ) -> Compose:
-    """Validation batches: no augmentation, only -1 → 0, ``seg`` → ``target`` and DS targets (§5.4)."""
-    if is_cascaded:
-        raise NotImplementedError(CASCADE_NOT_SUPPORTED)
-    return Compose(_label_tail(deep_supervision_scales))
+def validation_transforms(deep_supervision_scales: Sequence[Sequence[float]], *,
+                          cascade_labels: Sequence[int] | None = None) -> Compose:
+    """Validation batches: no augmentation, only -1 → 0, (cascade: the one-hot previous stage),
+    ``seg`` → ``target`` and DS targets (§5.4)."""
+    return Compose(_label_tail(deep_supervision_scales, cascade_labels, augment=False))
 
 
-def _label_tail(scales: Sequence[Sequence[float]]) -> list:
-    return [RemoveLabelTransform(-1, 0), RenameTransform("seg", "target", True), TargetsForDeepSupervision(scales)]
+def _label_tail(scales: Sequence[Sequence[float]], cascade_labels: Sequence[int] | None, augment: bool) -> list:
+    tail: list = [RemoveLabelTransform(-1, 0)]
+    if cascade_labels is not None:
+        tail += cascade_transforms(cascade_labels, augment)
+    return tail + [RenameTransform("seg", "target", True), TargetsForDeepSupervision(scales)]
 
 
 # ---- background iterators ------------------------------------------------------------------------
@@ -277,8 +278,9 @@ def _augmenter(loader, transform, num_processes: int, num_cached_total: int, see
 
 def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids: Sequence[str],
                          val_ids: Sequence[str], num_workers: int, seed: int, deep_supervision: bool = True, *,
-                         oversample_foreground: float = 0.33, mirroring: bool = True, batch_size: int | None = None
-                         ) -> tuple[BatchIterator, BatchIterator]:
+                         oversample_foreground: float = 0.33, mirroring: bool = True, batch_size: int | None = None,
+                         previous_stage_folder: Path | str | None = None,
+                         foreground_labels: Sequence[int] | None = None) -> tuple[BatchIterator, BatchIterator]:
     """Training and validation batch iterators of one configuration (§5.2–5.4).
 
     Parameters
@@ -293,14 +295,22 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     oversample_foreground : fraction of forced-foreground samples per batch (§5.2)
     mirroring : mirror augmentation on the plan's mirror axes (off for a no-mirroring trainer)
     batch_size : overrides the plan's batch size
+    previous_stage_folder, foreground_labels : required for a cascade stage (``plan.previous_stage``):
+        the previous stage's segmentations (``{CASE}.npy``) and the labels of their one-hot channels
 
     Returns
     -------
     (train_iter, val_iter): infinite :class:`BatchIterator`s. Call ``close()`` on both when done
     (the trainer may stop mid-epoch); workers start on the first ``next()``.
     """
-    if plan.previous_stage is not None:
-        raise NotImplementedError(CASCADE_NOT_SUPPORTED)
+    cascade_labels = None
+    if plan.previous_stage:
+        if previous_stage_folder is None or foreground_labels is None:
+            raise ValueError(f"configuration with previous stage '{plan.previous_stage}' needs "
+                             "previous_stage_folder and foreground_labels")
+        cascade_labels = list(foreground_labels)
+    else:
+        previous_stage_folder = None
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     patch = tuple(plan.patch_size)
@@ -309,12 +319,13 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     scales = ds_scales(plan.arch_kwargs["strides"]) if deep_supervision else [[1.0] * len(patch)]
     seeds = _seeds(seed)
     train_loader = NNUNetPatchLoader(folder, train_ids, bs, aug["initial_patch_size"], patch,
-                                     oversample=oversample_foreground, seed=seeds["train_loader"])
+                                     oversample=oversample_foreground, seed=seeds["train_loader"],
+                                     previous_stage_folder=previous_stage_folder)
     val_loader = NNUNetPatchLoader(folder, val_ids, bs, patch, patch, oversample=oversample_foreground,
-                                   seed=seeds["val_loader"])
+                                   seed=seeds["val_loader"], previous_stage_folder=previous_stage_folder)
     train_tf = training_transforms(patch, aug["rotation"], aug["dummy_2d"], aug["mirror_axes"] if mirroring else None,
-                                   scales, plan.use_mask_for_norm)
-    val_tf = validation_transforms(scales)
+                                   scales, plan.use_mask_for_norm, cascade_labels=cascade_labels)
+    val_tf = validation_transforms(scales, cascade_labels=cascade_labels)
     n_val = max(1, num_workers // 2) if num_workers > 0 else 0
     train_iter = _augmenter(train_loader, train_tf, num_workers, max(6, num_workers // 2), seeds["train_aug"])
     val_iter = _augmenter(val_loader, val_tf, n_val, max(3, n_val), seeds["val_aug"])

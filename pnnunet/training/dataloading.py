@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from batchgenerators.dataloading.data_loader import DataLoader
 
+from pnnunet.preprocessing.previous_stage import load_previous_stage_segmentation
 from pnnunet.preprocessing.storage import load_preprocessed_case
 from pnnunet.training.sampling import crop_with_padding, forced_foreground_mask, patch_bbox
 
@@ -46,13 +47,17 @@ class NNUNetPatchLoader(DataLoader):
     final_patch : the network's patch ``P`` (same number of axes as ``crop_size``)
     oversample : fraction of forced-foreground samples (the last ones of each batch)
     seed : seeds the loader's generator together with the worker id
+    previous_stage_folder : cascade only: the previous stage's segmentations ``{CASE}.npy`` in this
+        configuration's preprocessed grid (:mod:`pnnunet.preprocessing.previous_stage`), cropped with
+        the same box and appended as seg channel 1
 
-    Each batch is ``{'data': float32 (B, C, *crop_size), 'seg': int16 (B, 1, *crop_size),
+    Each batch is ``{'data': float32 (B, C, *crop_size), 'seg': int16 (B, 1 or 2, *crop_size),
     'keys': list of case ids}``; outside the case, data is 0 and seg is -1.
     """
 
     def __init__(self, folder: Path | str, case_ids: Sequence[str], batch_size: int, crop_size: Sequence[int],
-                 final_patch: Sequence[int], oversample: float = 0.33, seed: int = 0):
+                 final_patch: Sequence[int], oversample: float = 0.33, seed: int = 0,
+                 previous_stage_folder: Path | str | None = None):
         case_ids = list(case_ids)
         if not case_ids:
             raise ValueError(f"{folder}: no cases to load patches from")
@@ -68,6 +73,7 @@ class NNUNetPatchLoader(DataLoader):
         self.final_patch = ((1,) if self.is_2d else ()) + tuple(int(c) for c in final_patch)
         self.oversample = float(oversample)
         self.seed = int(seed)
+        self.previous_stage_folder = Path(previous_stage_folder) if previous_stage_folder is not None else None
         self.rng = self._make_rng(0)
 
     def _make_rng(self, thread_id: int) -> np.random.Generator:
@@ -80,13 +86,16 @@ class NNUNetPatchLoader(DataLoader):
         limit_worker_threads()
 
     def load_sample(self, case: str, forced_fg: bool) -> tuple[np.ndarray, np.ndarray]:
-        """One box of ``case``: data float32 (C, *crop), seg int16 (1, *crop) (2D: slice axis removed)."""
+        """One box of ``case``: data float32 (C, *crop), seg int16 (1 or 2, *crop) (2D: slice axis removed)."""
         data, seg, props = load_preprocessed_case(self.folder, case, mmap=True)
         lb, ub = patch_bbox(data.shape[1:], self.crop_size, self.final_patch, forced_fg,
                             props.get("class_locations"), self.rng)
         bbox = list(zip(lb, ub))
         data_crop = crop_with_padding(data, bbox, IMAGE_PAD_VALUE, dtype=np.float32)
         seg_crop = crop_with_padding(seg, bbox, SEG_PAD_VALUE, dtype=np.int16)
+        if self.previous_stage_folder is not None:
+            prev = load_previous_stage_segmentation(self.previous_stage_folder, case, data.shape[1:])
+            seg_crop = np.concatenate([seg_crop, crop_with_padding(prev[None], bbox, SEG_PAD_VALUE, dtype=np.int16)])
         if self.is_2d:
             data_crop, seg_crop = data_crop[:, 0], seg_crop[:, 0]
         return data_crop, seg_crop

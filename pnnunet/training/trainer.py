@@ -22,6 +22,8 @@ from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import write_json_atomic
 from pnnunet.planning.plans import ConfigurationPlan, resolve_configuration
+from pnnunet.preprocessing.previous_stage import (check_previous_stage_available, next_stage_folder,
+                                                  num_network_inputs)
 from pnnunet.training import checkpoints as ck
 from pnnunet.training.config import TrainConfig
 from pnnunet.training.device import import_paddle
@@ -53,6 +55,19 @@ class TrainingJob:
     def plan(self) -> ConfigurationPlan:
         return ConfigurationPlan.from_plans(self.plans, self.configuration)
 
+    @property
+    def previous_stage_dir(self) -> Path | None:
+        """Cascade: the previous stage's segmentations for this configuration (same trainer and plans
+        as this model, as upstream), ``<previous model>/predicted_next_stage/<configuration>``."""
+        previous = self.plan.previous_stage
+        if not previous:
+            return None
+        from pnnunet.inference.model_folder import model_dir_name, parse_model_dir_name
+
+        trainer, plans_name, _ = parse_model_dir_name(self.model_dir.name)
+        return next_stage_folder(self.model_dir.parent / model_dir_name(trainer, plans_name, previous),
+                                 self.configuration)
+
 
 def _check_compatible(ckpt: dict, job: TrainingJob, path: Path) -> None:
     stored = ckpt.get("init_args", {})
@@ -79,7 +94,7 @@ class Trainer:
         if self.labels.has_regions:
             raise PnnunetError("region-based training (dataset.json labels with lists) is not supported yet\n"
                                "  fix: train with plain integer labels")
-        self.num_input_channels = len(job.dataset_json.get("channel_names") or job.dataset_json["modality"])
+        self.num_input_channels = num_network_inputs(job.dataset_json, self.plan.previous_stage)
         self.num_heads = self.labels.num_segmentation_heads
         self.progress = ProgressLog()
         self.current_epoch = 0
@@ -187,9 +202,9 @@ class Trainer:
         from pnnunet.training.lr_schedule import set_epoch_lr
 
         job, cfg = self.job, self.cfg
+        train_ids, val_ids = self.check_inputs()
         job.fold_dir.mkdir(parents=True, exist_ok=True)
         self._write_model_files()
-        train_ids, val_ids = self.split()
         log.info("pnnunet %s, paddle %s, device %s | %s fold %s: %d training, %d validation cases",
                  pnnunet.__version__, paddle.__version__, job.device, job.configuration, job.fold, len(train_ids),
                  len(val_ids))
@@ -214,7 +229,9 @@ class Trainer:
             train_iter, val_iter = make_batch_iterators(folder, self.plan, train_ids, val_ids, cfg.num_workers,
                                                         seed=cfg.seed + 1000 * self.current_epoch,
                                                         oversample_foreground=cfg.oversample_foreground,
-                                                        mirroring=cfg.mirroring)
+                                                        mirroring=cfg.mirroring,
+                                                        previous_stage_folder=job.previous_stage_dir,
+                                                        foreground_labels=self.labels.foreground_labels)
             try:
                 for epoch in range(self.current_epoch, cfg.num_epochs):
                     self._run_epoch(epoch, train_iter, val_iter, set_epoch_lr)
@@ -260,6 +277,16 @@ class Trainer:
         if self.current_epoch % cfg.save_every == 0 and self.current_epoch != cfg.num_epochs:
             self._save("checkpoint_latest")
         self.progress.plot(self.job.fold_dir / "progress.png")
+
+    def check_inputs(self) -> tuple[list[str], list[str]]:
+        """The fold's (training, validation) cases, after checking that everything they need exists
+        (preprocessed cases; a cascade's previous-stage segmentations). Writes nothing but a missing
+        splits_final.json."""
+        train_ids, val_ids = self.split()
+        if self.job.previous_stage_dir is not None:
+            check_previous_stage_available(self.job.previous_stage_dir, sorted(set(train_ids) | set(val_ids)),
+                                           self.plan.previous_stage, self.job.configuration)
+        return train_ids, val_ids
 
     def split(self) -> tuple[list[str], list[str]]:
         from pnnunet.preprocessing.storage import list_cases

@@ -236,3 +236,21 @@ def test_export_2d_png_case(tmp_path):
     assert written.name == "img.png"
     back, _ = NaturalImage2DIO().read_seg(written)
     assert back.shape == (1, 1, 23, 19) and np.array_equal(back[0], seg[0])
+
+
+def test_next_stage_segmentation_is_argmax_of_logits_resampled_to_the_next_grid():
+    """predicted_next_stage (§5.10): logits resampled (order 1, the stage's spacing as both current and
+    target spacing) to the next stage's preprocessed shape, argmax, uint8."""
+    from pnnunet.inference.export_prediction import logits_to_next_stage_segmentation
+
+    plans = make_plans((2.0, 1.6, 1.6))
+    _, seg = make_case((10, 12, 14))
+    logits = one_hot_logits(seg.astype(np.int16), 3)
+    same = logits_to_next_stage_segmentation(logits, plans, "cfg", (10, 12, 14), LABELS)
+    assert same.dtype == np.uint8
+    np.testing.assert_array_equal(same, seg[0])  # same grid: plain argmax
+    up = logits_to_next_stage_segmentation(logits, plans, "cfg", (20, 19, 22), LABELS)
+    expected = np.argmax(resampling.resample_data_or_seg_to_shape(logits, (20, 19, 22), [2.0, 1.6, 1.6],
+                                                                  [2.0, 1.6, 1.6], **KW_PROB), axis=0)
+    np.testing.assert_array_equal(up, expected)
+    assert dice(up, np.argmax(resampling.resample_data_or_seg(logits, (20, 19, 22), order=1), axis=0), 1) > 0.99

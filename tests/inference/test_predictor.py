@@ -127,12 +127,18 @@ def test_model_folder_errors(results, tmp_path):
         load_model_folder(wrong)
 
 
-def test_cascade_configuration_is_refused(model3d):
+def test_cascade_needs_previous_stage_predictions(model3d, tmp_path):
     plans = json.loads(json.dumps(model3d.plans))
     plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
     cascade = dataclasses.replace(model3d, plans=plans, configuration="3d_cascade_fullres")
-    with pytest.raises(PnnunetError, match="cascade"):
-        Predictor(cascade, device="cpu")
+    assert cascade.num_image_channels == 1 and cascade.num_input_channels == 1 + 2  # + one-hot labels 1, 2
+    predictor = Predictor(cascade, device="cpu", progress=False)
+    with pytest.raises(PnnunetError, match="-prev_stage_predictions"):
+        predictor.predict_folder(TEST_IMAGES, tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PnnunetError, match=r"no 3d_lowres prediction for 4 of 4 cases"):
+        predictor.predict_folder(TEST_IMAGES, tmp_path / "out", previous_stage_predictions=tmp_path / "empty")
+    assert not (tmp_path / "out").exists()
 
 
 # ---- predict_folder ------------------------------------------------------------------------------

@@ -120,13 +120,9 @@ def test_dummy_2d_conversion_round_trip():
     np.testing.assert_array_equal(Convert2DTo3D(("data",))(**d)["data"], x)
 
 
-def test_cascade_is_not_supported(dataset):
+def test_cascade_plan_needs_previous_stage_folder(dataset):
     folder, ids = dataset
-    with pytest.raises(NotImplementedError, match="cascade"):
-        training_transforms((8, 8, 8), ((0, 0),) * 3, False, (0, 1, 2), [[1, 1, 1]], is_cascaded=True)
-    with pytest.raises(NotImplementedError, match="cascade"):
-        validation_transforms([[1, 1, 1]], is_cascaded=True)
-    with pytest.raises(NotImplementedError, match="cascade"):
+    with pytest.raises(ValueError, match="previous_stage_folder"):
         make_batch_iterators(folder, make_plan((8, 8, 8), STRIDES_3D, previous_stage="3d_lowres"), ids, ids, 0, 0)
 
 
