@@ -8,7 +8,8 @@ the plan pnnunet's planner makes identically), 14 labels, one fold of random wei
 ``-npp 1 -nps 1``, CPU. Both tools run the same plan file; the tools alternate round by round. Each
 run is a separate process measured by :func:`predict_speed.run_measured` (wall time of the whole
 process; peak summed RSS / PSS of its process tree). The pnnunet run is ``predict_speed.py
---worker static`` (Predictor, static graph), the upstream run ``upstream/predict_speed_upstream.py``
+--worker auto`` (Predictor with its default precision: bfloat16 convolutions on CPUs that have
+them; ``pnnunet-fp32`` runs the float32 static graph), the upstream run ``upstream/predict_speed_upstream.py``
 (nnUNetPredictor, step 0.5, gaussian, torch threads = cores). Results: a markdown table on stdout
 and ``<work>/predict_ct_volume.json``.
 
@@ -102,7 +103,8 @@ def _command(tool: str, args: argparse.Namespace, out: Path, result: Path) -> li
         return [args.upstream_python, str(HERE / "upstream" / "predict_speed_upstream.py"), "--plans", str(PLANS),
                 "--dataset_json", str(DATASET_JSON), "--configuration", CONFIGURATION, "--model_dir",
                 str(args.work / "upstream_model"), "--folds", "0", *common]
-    return [sys.executable, str(HERE / "predict_speed.py"), "--worker", "static", "--model_dir",
+    worker = "static" if tool == "pnnunet-fp32" else "auto"
+    return [sys.executable, str(HERE / "predict_speed.py"), "--worker", worker, "--model_dir",
             str(_pnnunet_model_dir(args)), "--n_folds", "1", *common]
 
 
@@ -119,7 +121,7 @@ def _input_dir(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> list[dict]:
     args.work.mkdir(parents=True, exist_ok=True)
     make_ct_volume(_input_dir(args) / "CT_0000.nii.gz", tuple(args.shape), tuple(args.spacing), args.seed)
-    if "pnnunet" in args.tools:
+    if any(t.startswith("pnnunet") for t in args.tools):
         make_pnnunet_ct_model(_pnnunet_model_dir(args), PLANS, DATASET_JSON, CONFIGURATION)
     rows = []
     for rnd in range(args.rounds):
@@ -163,7 +165,9 @@ def main() -> None:
     p.add_argument("--shape", type=int, nargs=3, default=[512, 512, 300], metavar=("X", "Y", "Z"))
     p.add_argument("--spacing", type=float, nargs=3, default=[0.773, 0.773, 2.5], metavar=("SX", "SY", "SZ"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tools", nargs="+", default=["pnnunet", "upstream"], choices=["pnnunet", "upstream"])
+    p.add_argument("--tools", nargs="+", default=["pnnunet", "upstream"], choices=["pnnunet", "pnnunet-fp32", "upstream"],
+                   help="pnnunet: its default precision (bf16 convolutions where the CPU has them); pnnunet-fp32: "
+                        "Paddle Inference in float32")
     p.add_argument("--upstream-python", default="/work/venvs/upstream/bin/python")
     p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args()

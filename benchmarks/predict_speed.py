@@ -112,8 +112,9 @@ def worker(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     predictor = Predictor(args.model_dir, folds=list(range(args.n_folds)), device="cpu",
-                          use_tta=not args.disable_tta, use_static_graph=args.worker == "static", progress=False,
-                          tile_batch_size=args.tile_batch_size)
+                          use_tta=not args.disable_tta, use_static_graph=args.worker != "eager", progress=False,
+                          tile_batch_size=args.tile_batch_size,
+                          precision={"bf16": "bf16", "auto": "auto"}.get(args.worker, "fp32"))
     predictor.prepare()
     t1 = time.perf_counter()
     if args.output.exists():
@@ -200,7 +201,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--worker", choices=["static", "eager"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["static", "eager", "bf16", "auto"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--model_dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--n_folds", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("-i", dest="input", type=Path, help=argparse.SUPPRESS)
@@ -212,7 +213,10 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("predict_speed_work"))
     p.add_argument("--cases", type=int, default=6)
     p.add_argument("--folds", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--tools", nargs="+", default=["static", "upstream"], choices=["static", "eager", "upstream"])
+    p.add_argument("--tools", nargs="+", default=["auto", "upstream"],
+                   choices=["auto", "static", "bf16", "eager", "upstream"],
+                   help="auto: pnnunet's default (bf16 convolutions on CPUs that have them, else static fp32); "
+                        "static: Paddle Inference fp32; bf16; eager fp32; upstream nnU-Net")
     p.add_argument("--upstream-python", default="/work/venvs/upstream/bin/python")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("-npp", "--npp", dest="npp", type=int, default=2)

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                         "predicted first, into a hidden folder under the output that is removed afterwards")
     p.add_argument("--tile_batch_size", "--tile-batch-size", type=int, default=None,
                    help="patches per network call (default: measured best for the device)")
+    p.add_argument("--fp32", "--disable_mixed_precision", dest="fp32", action="store_true",
+                   help="float32 everywhere. Default on CPUs with native bfloat16 (AVX512-BF16/AMX): convolutions "
+                        "in bfloat16 with float32 accumulation, ~2x faster (as upstream uses float16 on GPUs)")
     p.add_argument("--eager", action="store_true",
                    help="run the dynamic-graph network instead of the exported static graph (slower; for debugging)")
     p.add_argument("--disable_progress_bar", "--no_pbar", "--no-pbar", dest="no_pbar", action="store_true")
@@ -151,7 +154,7 @@ def _predictor(model_dir: Path, folds, args: argparse.Namespace):
     model = load_model_folder(model_dir, folds, args.checkpoint)
     return Predictor(model, device=args.device, use_tta=not args.disable_tta, step_size=args.step_size,
                      tile_batch_size=args.tile_batch_size, use_static_graph=not args.eager,
-                     progress=not args.no_pbar)
+                     progress=not args.no_pbar, precision="fp32" if args.fp32 or args.eager else "auto")
 
 
 def _predict_model(predictor, folds, args: argparse.Namespace, output: Path, save_probabilities: bool, npp: int,

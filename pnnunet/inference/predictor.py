@@ -182,7 +182,7 @@ class PredictionSummary:
     num_predicted: int
     num_skipped: int  # already present (--continue_prediction)
     seconds: float
-    backend: str  # "static" (Paddle Inference) or "eager"
+    backend: str  # "bf16", "static" (Paddle Inference) or "eager"
 
     @property
     def seconds_per_case(self) -> float:
@@ -193,7 +193,7 @@ class PredictionSummary:
             return f"nothing to predict: all {self.num_cases} cases are already in {self.output_folder}"
         skipped = f", {self.num_skipped} already done" if self.num_skipped else ""
         return (f"predicted {self.num_predicted} of {self.num_cases} cases{skipped} in {self.seconds:.1f} s "
-                f"({self.seconds_per_case:.2f} s per case, {self.backend} graph) -> {self.output_folder}")
+                f"({self.seconds_per_case:.2f} s per case, {self.backend} backend) -> {self.output_folder}")
 
 
 class Predictor:
@@ -213,6 +213,8 @@ class Predictor:
     use_static_graph : run exported static graphs through Paddle Inference (False: eager network)
     num_threads : CPU threads of the network (default: all cores)
     progress : tqdm bar over cases
+    precision : ``auto`` (default): bfloat16 convolutions on a CPU that has them natively (as upstream
+        predicts under float16 autocast on GPUs), else float32; ``fp32``; ``bf16``
 
     Raises
     ------
@@ -222,7 +224,7 @@ class Predictor:
     def __init__(self, model: ModelFolder | Path | str, folds: Sequence[Fold] | None = None,
                  checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", use_tta: bool = True,
                  step_size: float = 0.5, tile_batch_size: int | None = None, use_static_graph: bool = True,
-                 num_threads: int | None = None, progress: bool = True):
+                 num_threads: int | None = None, progress: bool = True, precision: str = "auto"):
         from pnnunet.training.device import pick_device
 
         self.model = model if isinstance(model, ModelFolder) else load_model_folder(model, folds, checkpoint)
@@ -240,10 +242,13 @@ class Predictor:
             from pnnunet.training.device import set_cpu_threads
 
             set_cpu_threads(self.num_threads)
+        from pnnunet.inference.static_graph import resolve_precision
+
+        self.precision = resolve_precision(precision, self.device)
         self.tile_batch_size = int(tile_batch_size or DEFAULT_TILE_BATCH[self.device, len(plan.patch_size)])
         self.num_outputs = self.model.labels.num_segmentation_heads
         self._predict_fns: list | None = None
-        self.backend = "static" if use_static_graph else "eager"
+        self.backend = "bf16" if self.precision == "bf16" else "static" if use_static_graph else "eager"
 
     # ---- network ------------------------------------------------------------------------------
     def _network_builder(self, weights: dict):
@@ -271,18 +276,20 @@ class Predictor:
         for fold in self.model.folds:
             fn, backend = make_predict_fn(self._network_builder(fold.weights), fold.checkpoint_path,
                                           self.model.num_input_channels, len(self.plan.patch_size), self.device,
-                                          self.use_static_graph, self.num_threads)
+                                          self.use_static_graph, self.num_threads, self.precision)
             fns.append(fn)
             backends.append(backend)
         self._predict_fns = fns
-        self.backend = "static" if all(b == "static" for b in backends) else "eager"
+        self.backend = self.current_backend
 
     @property
     def current_backend(self) -> str:
-        """``static`` while every fold runs through Paddle Inference, else ``eager``."""
+        """How the folds run: ``bf16`` (eager, bfloat16 oneDNN convolutions), ``static`` (Paddle
+        Inference, float32) or ``eager``; ``mixed`` if the folds differ (a static fold fell back)."""
         if self._predict_fns is None:
             return self.backend
-        return "static" if all(getattr(f, "backend", "eager") == "static" for f in self._predict_fns) else "eager"
+        names = {getattr(f, "backend", "eager") for f in self._predict_fns}
+        return names.pop() if len(names) == 1 else "mixed"
 
     def predict_logits(self, data: np.ndarray) -> np.ndarray:
         """Mean over folds of the sliding-window logits of one preprocessed case (§7.3–7.5, A.3).

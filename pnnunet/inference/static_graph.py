@@ -243,6 +243,7 @@ def eager_predict_fn(network) -> PredictFn:
             out = network(paddle.to_tensor(np.ascontiguousarray(x, dtype=np.float32)))
         return out.numpy()
 
+    predict.backend = "eager"
     return predict
 
 
@@ -267,10 +268,37 @@ class _FallbackPredictFn:
         return self._eager(x)
 
 
+def bf16_predict_fn(network) -> PredictFn | None:
+    """The eager network with its convolutions in bfloat16 through oneDNN (CPU), or None when this
+    CPU has no native bfloat16 convolutions (:func:`pnnunet.training.fast_cpu.bf16_supported`)."""
+    from pnnunet.training.fast_cpu import accelerate_convolutions, bf16_supported
+
+    if not bf16_supported() or accelerate_convolutions(network, inference_precision="bf16") == 0:
+        return None
+    fn = eager_predict_fn(network)
+    fn.backend = "bf16"
+    return fn
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` → ``bf16`` on a CPU with native bfloat16 convolutions, else ``fp32``."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    if precision == "fp32" or device != "cpu":
+        return "fp32"
+    from pnnunet.training.fast_cpu import bf16_supported
+
+    if bf16_supported():
+        return "bf16"
+    if precision == "bf16":
+        log.warning("this CPU has no native bfloat16 convolutions: predicting in float32")
+    return "fp32"
+
+
 def make_predict_fn(build_network: Callable[[], object], checkpoint_path: Path | str, input_channels: int,
                     conv_dim: int, device: str = "cpu", use_static_graph: bool = True,
-                    num_threads: int | None = None) -> tuple[PredictFn, str]:
-    """The fastest available predict function of one fold: static graph, else eager.
+                    num_threads: int | None = None, precision: str = "fp32") -> tuple[PredictFn, str]:
+    """The fastest available predict function of one fold: bfloat16 (if asked), static graph, else eager.
 
     Parameters
     ----------
@@ -280,12 +308,18 @@ def make_predict_fn(build_network: Callable[[], object], checkpoint_path: Path |
     device : ``cpu``, ``gpu`` or ``gpu:N``
     use_static_graph : False forces the eager network
     num_threads : CPU math threads of the predictor (default: all cores)
+    precision : ``fp32``, or ``bf16`` (CPU: the eager network with bfloat16 oneDNN convolutions,
+        float32 everywhere else; see :func:`resolve_precision`)
 
     Returns
     -------
-    (predict function float32 (N, C, *P) → (N, K, *P), backend name ``"static"`` or ``"eager"``)
+    (predict function float32 (N, C, *P) → (N, K, *P), backend name ``"bf16"``, ``"static"`` or ``"eager"``)
     """
     name = f"{Path(checkpoint_path).parent.name}/{Path(checkpoint_path).name}"
+    if precision == "bf16" and device == "cpu":
+        fn = bf16_predict_fn(build_network())
+        if fn is not None:
+            return fn, "bf16"
     if use_static_graph:
         paddle = import_paddle()
         try:

@@ -36,10 +36,12 @@ log = logging.getLogger(__name__)
 
 # ---- oneDNN C API constants (dnnl_common_types.h / dnnl_types.h, oneDNN 3.x) -----------------
 _F32 = 3                       # dnnl_f32
+_BF16 = 2                      # dnnl_bf16
 _CPU = 1                       # dnnl_cpu
 _STREAM_IN_ORDER = 1           # dnnl_stream_in_order
 _TAG_ANY = 1                   # dnnl_format_tag_any
 _FWD_TRAINING = 64             # dnnl_forward_training
+_FWD_INFERENCE = 96            # dnnl_forward_inference
 _CONV_DIRECT = 0x1             # dnnl_convolution_direct
 _DECONV_DIRECT = 0xA           # dnnl_deconvolution_direct
 _QUERY_EXEC_ARG_MD = 255       # dnnl_query_exec_arg_md
@@ -147,8 +149,8 @@ class _Library:
         strides = _plain_strides(shape) if strides is None else strides
         return self._new("dnnl_memory_desc_create_with_strides", len(shape), _dims(shape), _F32, _dims(strides))
 
-    def md_any(self, shape: Sequence[int]) -> ctypes.c_void_p:
-        return self._new("dnnl_memory_desc_create_with_tag", len(shape), _dims(shape), _F32, _TAG_ANY)
+    def md_any(self, shape: Sequence[int], data_type: int = _F32) -> ctypes.c_void_p:
+        return self._new("dnnl_memory_desc_create_with_tag", len(shape), _dims(shape), data_type, _TAG_ANY)
 
     def query_md(self, pd, arg: int) -> ctypes.c_void_p:
         """Clone of the memory descriptor a primitive chose for one of its arguments."""
@@ -295,11 +297,16 @@ class _ConvPlan:
     w_shape : the Paddle weight shape: ``[out, in, *k]`` (conv) or ``[in, out, *k]`` (transposed)
     stride, padding : per spatial axis (symmetric padding as Paddle's)
     has_bias : the layer adds a bias of shape ``[out]``
+    precision : ``"f32"``, or ``"bf16"`` (forward inference only: input and weights rounded to
+        bfloat16, float32 accumulation and output; see :func:`bf16_supported`)
     """
 
-    def __init__(self, transposed: bool, x_shape, w_shape, y_shape, stride, padding, has_bias: bool):
+    def __init__(self, transposed: bool, x_shape, w_shape, y_shape, stride, padding, has_bias: bool,
+                 precision: str = "f32"):
         self.lib = lib = _library()
-        self.transposed, self.has_bias = transposed, has_bias
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.transposed, self.has_bias, self.precision = transposed, has_bias, precision
         nsp = len(x_shape) - 2
         kernel = list(w_shape[2:])
         if transposed:
@@ -332,11 +339,13 @@ class _ConvPlan:
         """Create a primitive descriptor whose tensors may take any layout (``*args`` follow them)."""
         x, w, y, b = self.shapes
         lib = self.lib
-        mds = [lib.md_any(x), lib.md_any(w), lib.md_any(y), lib.md_any(b) if with_bias else None]
+        low = _BF16 if self.precision == "bf16" else _F32  # the output and bias stay float32
+        mds = [lib.md_any(x, low), lib.md_any(w, low), lib.md_any(y), lib.md_any(b) if with_bias else None]
         x_md, w_md, y_md, b_md = mds
         try:
             if which == "forward":
-                return lib._new(f"dnnl_{self.kind}_forward_primitive_desc_create", lib.engine, _FWD_TRAINING,
+                prop = _FWD_INFERENCE if self.precision == "bf16" else _FWD_TRAINING
+                return lib._new(f"dnnl_{self.kind}_forward_primitive_desc_create", lib.engine, prop,
                                 self.alg, x_md, w_md, b_md, y_md, *self.geometry, None)
             if which == "backward_data":
                 return lib._new(f"dnnl_{self.kind}_backward_data_primitive_desc_create", lib.engine, self.alg,
@@ -369,8 +378,13 @@ class _ConvPlan:
             self._fwd = self._step(self._forward_pd(), binds, keep_pd=True)
         return self._fwd
 
+    def _check_trainable(self) -> None:
+        if self.precision != "f32":
+            raise OneDNNError(f"{self.precision} convolutions are for inference only (no gradients)")
+
     def backward_data(self) -> _Step:
         """Backward-data primitive: ``DIFF_DST, WEIGHTS -> DIFF_SRC``."""
+        self._check_trainable()
         if self._bwd_data is None:
             pd = self._primitive_desc("backward_data", self._forward_pd(), None)
             self._bwd_data = self._step(pd, [(ARG_DIFF_DST, self.y_md, False), (ARG_WEIGHTS, self.w_md, False),
@@ -379,6 +393,7 @@ class _ConvPlan:
 
     def backward_weights(self) -> _Step:
         """Backward-weights primitive: ``SRC, DIFF_DST -> DIFF_WEIGHTS[, DIFF_BIAS]``."""
+        self._check_trainable()
         if self._bwd_weights is None:
             pd = self._primitive_desc("backward_weights", self._forward_pd(), None, with_bias=self.has_bias)
             binds = [(ARG_SRC, self.x_md, False), (ARG_DIFF_DST, self.y_md, False),
@@ -390,13 +405,19 @@ class _ConvPlan:
 
 
 _PLANS: dict[tuple, _ConvPlan] = {}
+_MAX_PLANS = 512
+PRECISIONS = ("f32", "bf16")
 
 
-def _plan(transposed: bool, x_shape, w_shape, y_shape, stride, padding, has_bias: bool) -> _ConvPlan:
-    key = (transposed, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(stride), tuple(padding), has_bias)
+def _plan(transposed: bool, x_shape, w_shape, y_shape, stride, padding, has_bias: bool,
+          precision: str = "f32") -> _ConvPlan:
+    key = (transposed, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(stride), tuple(padding), has_bias,
+           precision)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS[key] = _ConvPlan(transposed, x_shape, w_shape, y_shape, stride, padding, has_bias)
+        if len(_PLANS) >= _MAX_PLANS:  # e.g. prediction of many differently sized inputs
+            _PLANS.clear()
+        plan = _PLANS[key] = _ConvPlan(transposed, x_shape, w_shape, y_shape, stride, padding, has_bias, precision)
     return plan
 
 
@@ -473,6 +494,45 @@ def onednn_conv(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | N
     return _OneDNNConv.apply(x, weight, bias, transposed, stride, padding)
 
 
+def onednn_conv_inference(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None,
+                          stride: Sequence[int], padding: Sequence[int], transposed: bool = False,
+                          precision: str = "bf16") -> paddle.Tensor:
+    """As :func:`onednn_conv`, forward only (no autograd), in ``precision`` (``"bf16"``: input and
+    weights rounded to bfloat16, float32 accumulation and output)."""
+    stride, padding = [int(s) for s in stride], [int(p) for p in padding]
+    x, weight = _contiguous(x), _contiguous(weight)
+    y_shape = _output_shape(transposed, x.shape, weight.shape, stride, padding)
+    plan = _plan(transposed, x.shape, weight.shape, y_shape, stride, padding, bias is not None, precision)
+    y = paddle.empty(y_shape, dtype="float32")
+    ptrs = {ARG_SRC: x.data_ptr(), ARG_WEIGHTS: weight.data_ptr(), ARG_DST: y.data_ptr()}
+    if bias is not None:
+        bias = _contiguous(bias)
+        ptrs[ARG_BIAS] = bias.data_ptr()
+    plan.forward().run(ptrs)
+    return y
+
+
+_BF16_SUPPORT: bool | None = None
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs oneDNN bfloat16 convolutions natively (AVX512-BF16 or AMX), i.e. faster
+    than float32; emulated implementations do not count."""
+    global _BF16_SUPPORT
+    if _BF16_SUPPORT is None:
+        _BF16_SUPPORT = False
+        if onednn_available():
+            try:
+                plan = _ConvPlan(False, [1, 16, 8, 8, 8], [16, 16, 3, 3, 3], [1, 16, 8, 8, 8], [1, 1, 1], [1, 1, 1],
+                                 True, "bf16")
+                impl = plan.forward().impl
+                _BF16_SUPPORT = "bf16" in impl or "amx" in impl
+                log.debug("oneDNN bf16 convolution: %s", impl)
+            except OneDNNError as e:
+                log.debug("oneDNN bf16 convolution unavailable: %s", e)
+    return _BF16_SUPPORT
+
+
 # ---- drop-in layers ---------------------------------------------------------------------------
 
 
@@ -498,9 +558,14 @@ def _supported(layer: nn.Layer) -> str | None:
 
 
 class _FastConvMixin:
-    """``forward`` through oneDNN for float32 CPU input; Paddle's own kernel otherwise."""
+    """``forward`` through oneDNN for float32 CPU input; Paddle's own kernel otherwise.
+
+    ``_inference_precision`` (set by :func:`accelerate_convolutions`): with ``"bf16"``, calls
+    without gradients (``paddle.no_grad()``) run in bfloat16 (forward inference only).
+    """
 
     _transposed = False
+    _inference_precision = "f32"
 
     def forward(self, x, output_size=None):
         # static graphs (paddle.jit.to_static / export) and other devices or dtypes: Paddle's kernel
@@ -508,6 +573,9 @@ class _FastConvMixin:
                 or output_size is not None):
             return self._paddle_class.forward(self, x) if output_size is None else \
                 self._paddle_class.forward(self, x, output_size)
+        if self._inference_precision != "f32" and not paddle.is_grad_enabled():
+            return onednn_conv_inference(x, self.weight, self.bias, self._stride, self._updated_padding,
+                                         self._transposed, self._inference_precision)
         return onednn_conv(x, self.weight, self.bias, self._stride, self._updated_padding, self._transposed)
 
 
@@ -532,14 +600,17 @@ _FAST = {nn.Conv2D: FastConv2D, nn.Conv3D: FastConv3D, nn.Conv2DTranspose: FastC
 _PLAIN = {fast: plain for plain, fast in _FAST.items()}
 
 
-def accelerate_convolutions(network: nn.Layer) -> int:
+def accelerate_convolutions(network: nn.Layer, inference_precision: str = "f32") -> int:
     """Run the convolutions of ``network`` through oneDNN on CPU (in place); returns how many.
 
     Every sublayer whose class is exactly ``paddle.nn.Conv2D``, ``Conv3D``, ``Conv2DTranspose`` or
     ``Conv3DTranspose`` (groups 1, dilation 1, zero padding, float32, channels first) gets the
     matching ``Fast*`` class; parameters and ``state_dict`` keys stay the same. Does nothing and
     returns 0 when oneDNN is not available (see :func:`onednn_available`).
+    ``inference_precision="bf16"``: calls without gradients compute in bfloat16 (inference).
     """
+    if inference_precision not in PRECISIONS:
+        raise ValueError(f"inference_precision must be one of {PRECISIONS}, got {inference_precision!r}")
     if not onednn_available():
         log.info("oneDNN not available, convolutions stay on Paddle's kernels: %s", _LIB_ERROR)
         return 0
@@ -553,6 +624,7 @@ def accelerate_convolutions(network: nn.Layer) -> int:
             log.debug("%s stays on Paddle's kernel (%s)", name or type(layer).__name__, reason)
             continue
         layer.__class__ = fast
+        layer._inference_precision = inference_precision
         count += 1
     return count
 

@@ -93,7 +93,7 @@ def predicted3d(model3d, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pred3d")
     inputs = _inputs(tmp / "in", {"hippocampus_045": "caseA_0000.nii.gz", "hippocampus_048": "caseB.nii.gz"})
     out = tmp / "out"
-    predictor = Predictor(model3d, device="cpu", progress=False)
+    predictor = Predictor(model3d, device="cpu", progress=False, precision="fp32")
     summary = predictor.predict_folder(inputs, out, save_probabilities=True, num_preprocessing_workers=1,
                                        num_export_workers=1)
     return inputs, out, summary
@@ -200,15 +200,32 @@ def test_fold_ensemble_is_the_mean_of_fold_logits(model3d):
 
 def test_static_graph_equals_eager_and_tta_changes_logits(model3d, tmp_path):
     fold0 = load_model_folder(model3d.model_dir, folds=[0])
-    static = Predictor(fold0, device="cpu", use_tta=False, progress=False)
-    eager = Predictor(fold0, device="cpu", use_tta=False, use_static_graph=False, progress=False)
+    static = Predictor(fold0, device="cpu", use_tta=False, progress=False, precision="fp32")
+    eager = Predictor(fold0, device="cpu", use_tta=False, use_static_graph=False, progress=False, precision="fp32")
     data, _ = _preprocessed(static, TEST_IMAGES / "hippocampus_050.nii.gz")
     logits_static, logits_eager = static.predict_logits(data), eager.predict_logits(data)
     assert static.current_backend == "static" and eager.current_backend == "eager"
     assert np.abs(logits_static - logits_eager).max() < 1e-3
     assert np.mean(np.argmax(logits_static, 0) != np.argmax(logits_eager, 0)) < 1e-4
-    with_tta = Predictor(fold0, device="cpu", use_tta=True, progress=False).predict_logits(data)
+    with_tta = Predictor(fold0, device="cpu", use_tta=True, progress=False, precision="fp32").predict_logits(data)
     assert np.abs(with_tta - logits_static).max() > 1e-3
+
+
+def test_bf16_convolutions_stay_close_to_fp32(model3d):
+    from pnnunet.training.fast_cpu import bf16_supported
+
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 convolutions")
+    fold0 = load_model_folder(model3d.model_dir, folds=[0])
+    fp32 = Predictor(fold0, device="cpu", use_tta=False, progress=False, precision="fp32")
+    bf16 = Predictor(fold0, device="cpu", use_tta=False, progress=False, precision="bf16")
+    assert Predictor(fold0, device="cpu", progress=False).precision == "bf16"  # auto on this CPU
+    data, _ = _preprocessed(fp32, TEST_IMAGES / "hippocampus_050.nii.gz")
+    a, b = fp32.predict_logits(data), bf16.predict_logits(data)
+    assert bf16.current_backend == "bf16" and fp32.current_backend == "static"
+    scale = np.abs(a).max()
+    assert 0 < np.abs(a - b).max() < 0.05 * scale  # bfloat16 inputs/weights: ~3 significant digits
+    assert np.mean(np.argmax(a, 0) != np.argmax(b, 0)) < 0.01
 
 
 def test_disable_tta_and_2d_configuration(results, tmp_path):
