@@ -80,10 +80,11 @@ def test_predict_with_c_and_bad_input(workspace):
     # another configuration into the same folder: refused, nothing mixed
     out = _predict(workspace, "-o", str(workspace / "pred_3d"), "-c", "2d", "-p", PLANS, "--continue")
     assert out.returncode == 1 and "other settings" in out.stderr and "Traceback" not in out.stderr
-    # cascade and a missing input folder: one-paragraph errors
-    out = _predict(workspace, "-o", str(workspace / "x"), "-c", "3d_fullres", "-p", PLANS,
-                   "-prev_stage_predictions", "somewhere")
-    assert out.returncode == 1 and "not supported" in out.stderr
+    # a configuration that was not trained (no cascade for this dataset) and a missing input folder:
+    # one-paragraph errors
+    out = _predict(workspace, "-o", str(workspace / "x"), "-c", "3d_cascade_fullres", "-p", PLANS)
+    assert out.returncode == 1 and "3d_cascade_fullres" in out.stderr and "Traceback" not in out.stderr
+    assert not (workspace / "x").exists()
     out = subprocess.run([sys.executable, "-m", "pnnunet.cli.predict", "-i", str(workspace / "nope"), "-o",
                           str(workspace / "x"), "-c", "3d_fullres", "-p", PLANS], env=_env(workspace),
                          capture_output=True, text=True, check=False)
