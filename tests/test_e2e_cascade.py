@@ -155,3 +155,24 @@ def test_predict_runs_lowres_then_cascade(trained):
                "pnnunetTrainerNoMirroring", "-p", PLANS, "-prev_stage_predictions", str(empty), "--no_pbar")
     assert out.returncode == 1 and "no 3d_lowres prediction for 1 of 1 cases (toy_005.nii.gz)" in out.stderr
     assert not (ws / "never").exists()
+
+
+def test_ensemble_with_the_cascade_reuses_the_lowres_member(trained):
+    """find_best_config may choose the ensemble 3d_lowres + 3d_cascade_fullres: the lowres member's
+    predictions are the cascade's input, lowres is not predicted a second time."""
+    ws = trained
+    results = ws / "res" / DATASET
+    member = {"trainer": "pnnunetTrainerNoMirroring", "plans_identifier": PLANS}
+    info = {"dataset_name_or_id": DATASET, "best_model_or_ensemble": {"postprocessing_file": None,
+            "selected_model_or_models": [{"configuration": "3d_cascade_fullres", **member},
+                                         {"configuration": "3d_lowres", **member}]}}
+    (results / "inference_instructions.json").write_text(json.dumps(info))
+    try:
+        out = _cli(ws, "predict", "-i", str(ws / "raw" / DATASET / "imagesTs"), "-o", str(ws / "ens"), "-npp", "0",
+                   "-nps", "0", "--no_pbar")
+    finally:
+        (results / "inference_instructions.json").unlink()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ensembled" in out.stdout and "predicting 3d_lowres" not in out.stdout
+    assert (ws / "ens" / "toy_005.nii.gz").is_file()
+    assert [p.name for p in (ws / "ens").iterdir() if p.name.startswith(".")] == []

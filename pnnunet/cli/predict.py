@@ -158,13 +158,18 @@ def _predictor(model_dir: Path, folds, args: argparse.Namespace):
 
 
 def _predict_model(predictor, folds, args: argparse.Namespace, output: Path, save_probabilities: bool, npp: int,
-                   nps: int) -> None:
+                   nps: int, predicted: dict[Path, Path] | None = None) -> None:
     """Predict ``args.input`` into ``output`` with one model; a cascade stage without
-    ``-prev_stage_predictions`` first predicts its previous stage (reference §7.7, v1 behaviour)."""
+    ``-prev_stage_predictions`` first predicts its previous stage (reference §7.7, v1 behaviour),
+    unless ``predicted`` (model folder -> its prediction folder, an ensemble's members) has it."""
     from pnnunet.inference.model_folder import model_dir_name, parse_model_dir_name
 
     previous_stage = predictor.plan.previous_stage
     prev_output = args.prev_stage_predictions
+    if previous_stage and prev_output is None and predicted:
+        model_dir = predictor.model.model_dir
+        trainer, plans, _ = parse_model_dir_name(model_dir.name)
+        prev_output = predicted.get((model_dir.parent / model_dir_name(trainer, plans, previous_stage)).resolve())
     temporary = None
     if previous_stage and prev_output is None:
         model_dir = predictor.model.model_dir
@@ -226,10 +231,14 @@ def _run_combined(args: argparse.Namespace, models: list[Path], pp_file: Path | 
                 "use_tta": not args.disable_tta, "step_size": args.step_size,
                 "postprocessing": str(pp_file) if pp_file else None}
     claim_output_folder(output, combined)
-    members = []
-    for m, predictor in zip(models, predictors):
+    members, predicted = [], {}
+    # previous stages first, so that a cascade member reuses the previous stage's member predictions
+    order = sorted(range(len(models)), key=lambda i: predictors[i].plan.previous_stage is not None)
+    for i in order:
+        m, predictor = models[i], predictors[i]
         folder = _member_folder(output, m, models)
-        _predict_model(predictor, folds, args, folder, ensemble or args.save_probabilities, npp, nps)
+        _predict_model(predictor, folds, args, folder, ensemble or args.save_probabilities, npp, nps, predicted)
+        predicted[predictor.model.model_dir.resolve()] = folder
         members.append(folder)
     source = members[0]
     workers = max(1, nps)
