@@ -136,3 +136,15 @@ def test_static_predict_fn_switches_to_eager_when_a_run_fails(caplog):
         y = fn(x)
     assert fn.backend == "eager" and "predictor run failed" in caplog.text
     np.testing.assert_array_equal(y, sg.eager_predict_fn(net)(x))
+
+
+def test_resolve_precision():
+    from pnnunet.inference.static_graph import resolve_precision
+    from pnnunet.training.fast_cpu import bf16_supported
+
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", "gpu") == resolve_precision("bf16", "gpu") == "fp32"
+    assert resolve_precision("auto", "cpu") == ("bf16" if bf16_supported() else "fp32")
+    assert resolve_precision("bf16", "cpu") == ("bf16" if bf16_supported() else "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", "cpu")

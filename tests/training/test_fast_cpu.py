@@ -197,3 +197,38 @@ def test_static_graph_export_uses_paddle_kernels():
     static = paddle.jit.to_static(net, input_spec=[paddle.static.InputSpec([None, 1, 16, 16, 16], "float32")],
                                   full_graph=True)
     assert rel_err(static(x).numpy(), ref) < 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bf16_inference_convolution_is_close_to_float32(name):
+    """bfloat16 inputs and weights (8-bit mantissa), float32 accumulation: ~1e-2 relative error."""
+    if not fast_cpu.bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 convolutions")
+    transposed, x_shape, w_shape, stride, padding, has_bias = CASES[name]
+    nsp = len(x_shape) - 2
+    stride = [stride] * nsp if isinstance(stride, int) else list(stride)
+    padding = [padding] * nsp if isinstance(padding, int) else list(padding)
+    rng = np.random.default_rng(sum(map(ord, name)))
+    x, w = tensor(rng, x_shape), tensor(rng, w_shape, 0.2)
+    b = tensor(rng, (w_shape[1] if transposed else w_shape[0],)) if has_bias else None
+    ref = fast_cpu.onednn_conv(x, w, b, stride, padding, transposed).numpy()
+    out = fast_cpu.onednn_conv_inference(x, w, b, stride, padding, transposed, "bf16").numpy()
+    assert out.shape == ref.shape and out.dtype == np.float32
+    assert 0 < rel_err(out, ref) < 2e-2  # really rounded, and still close
+
+
+def test_bf16_layers_only_without_gradients():
+    if not fast_cpu.bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 convolutions")
+    paddle.seed(0)
+    conv = paddle.nn.Conv3D(2, 4, 3, padding=1)
+    assert fast_cpu.accelerate_convolutions(conv, inference_precision="bf16") == 1
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((1, 2, 5, 6, 7)).astype(np.float32))
+    trained = conv(x)  # gradients on: float32 (training is never bfloat16)
+    with paddle.no_grad():
+        inferred = conv(x)
+    ref = F.conv3d(x, conv.weight, conv.bias, padding=1)
+    assert rel_err(trained.numpy(), ref.numpy()) < RTOL
+    assert RTOL < rel_err(inferred.numpy(), ref.numpy()) < 2e-2
+    with pytest.raises(ValueError, match="inference_precision"):
+        fast_cpu.accelerate_convolutions(conv, inference_precision="fp16")
