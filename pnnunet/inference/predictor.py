@@ -331,7 +331,8 @@ class Predictor:
                 "folds": [f if f == "all" else int(f) for f in self.model.fold_names],
                 "checkpoint": self.model.checkpoint, "use_tta": self.use_tta, "step_size": self.step_size,
                 "model_dir": str(self.model.model_dir), "trainer": self.model.trainer_name,
-                "plans": self.model.plans_name, "device": self.device, "pnnunet_version": pnnunet.__version__}
+                "plans": self.model.plans_name, "device": self.device, "precision": self.precision,
+                "pnnunet_version": pnnunet.__version__}
 
     def _claim_output_folder(self, output_folder: Path) -> None:
         claim_output_folder(output_folder, self.predict_args())
