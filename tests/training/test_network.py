@@ -166,3 +166,24 @@ def test_bad_plans_raise_clear_errors():
     cfg = tiny_config("Conv2d", [[3, 3]] * 2, [[1, 1], [2, 2]], [4, 8], [1, 1, 1], [1])
     with pytest.raises(PnnunetError, match="n_conv_per_stage"):
         build_network(cfg, 1, 2)
+
+
+def test_inference_mode_equals_training_mode_forward():
+    """Without gradients the nonlinearity runs in place; the output must not change."""
+    import paddle
+
+    from pnnunet.training.network import build_network
+
+    plan = {"patch_size": [16, 16, 16], "architecture": {"network_class_name": "PlainConvUNet", "arch_kwargs": {
+        "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]], "n_conv_per_stage": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2], "conv_bias": True}}}
+    paddle.seed(3)
+    net = build_network(plan, 1, 3, deep_supervision=False)
+    net.eval()
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((1, 1, 16, 16, 16)).astype(np.float32))
+    with_grad = net(x).numpy()
+    with paddle.no_grad():
+        without = net(x).numpy()
+    np.testing.assert_array_equal(with_grad, without)
+    assert (with_grad < 0).any()  # leaky part exercised
