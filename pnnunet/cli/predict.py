@@ -162,19 +162,15 @@ def _predict_model(predictor, folds, args: argparse.Namespace, output: Path, sav
     """Predict ``args.input`` into ``output`` with one model; a cascade stage without
     ``-prev_stage_predictions`` first predicts its previous stage (reference §7.7, v1 behaviour),
     unless ``predicted`` (model folder -> its prediction folder, an ensemble's members) has it."""
-    from pnnunet.inference.model_folder import model_dir_name, parse_model_dir_name
+    from pnnunet.inference.model_folder import sibling_model_dir
 
     previous_stage = predictor.plan.previous_stage
     prev_output = args.prev_stage_predictions
-    if previous_stage and prev_output is None and predicted:
-        model_dir = predictor.model.model_dir
-        trainer, plans, _ = parse_model_dir_name(model_dir.name)
-        prev_output = predicted.get((model_dir.parent / model_dir_name(trainer, plans, previous_stage)).resolve())
     temporary = None
     if previous_stage and prev_output is None:
-        model_dir = predictor.model.model_dir
-        trainer, plans, _ = parse_model_dir_name(model_dir.name)
-        prev_dir = model_dir.parent / model_dir_name(trainer, plans, previous_stage)
+        prev_dir = sibling_model_dir(predictor.model.model_dir, previous_stage)
+        prev_output = (predicted or {}).get(prev_dir.resolve())
+    if previous_stage and prev_output is None:
         temporary = prev_output = output / f".{previous_stage}"
         print(f"pnnunet: {predictor.model.configuration} is a cascade stage: predicting {previous_stage} "
               f"({prev_dir.name}) first")

@@ -111,6 +111,14 @@ def parse_model_dir_name(name: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
+def sibling_model_dir(model_dir: Path | str, configuration: str) -> Path:
+    """The model folder of another configuration with the same trainer and plans (e.g. a cascade's
+    previous stage), beside ``model_dir``."""
+    model_dir = Path(model_dir)
+    trainer, plans_name, _ = parse_model_dir_name(model_dir.name)
+    return model_dir.parent / model_dir_name(trainer, plans_name, configuration)
+
+
 def checkpoint_stem(name: str) -> str:
     """``checkpoint_final`` from ``checkpoint_final``, ``checkpoint_final.pdparams`` or upstream's ``.pth``."""
     name = Path(str(name)).name

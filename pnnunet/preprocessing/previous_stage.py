@@ -68,10 +68,6 @@ def next_stage_folder(model_dir: Path | str, next_stage: str) -> Path:
     return Path(model_dir) / PREDICTED_NEXT_STAGE / next_stage
 
 
-def segmentation_dtype(num_foreground_labels: int):
-    return np.uint8 if num_foreground_labels < 255 else np.uint16
-
-
 def save_next_stage_segmentation(folder: Path | str, case: str, seg: np.ndarray) -> Path:
     """Write ``{folder}/{case}.npy`` atomically (uint8/uint16 label map in the next stage's grid)."""
     path = Path(folder) / f"{case}.npy"

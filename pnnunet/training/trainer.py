@@ -62,11 +62,9 @@ class TrainingJob:
         previous = self.plan.previous_stage
         if not previous:
             return None
-        from pnnunet.inference.model_folder import model_dir_name, parse_model_dir_name
+        from pnnunet.inference.model_folder import sibling_model_dir
 
-        trainer, plans_name, _ = parse_model_dir_name(self.model_dir.name)
-        return next_stage_folder(self.model_dir.parent / model_dir_name(trainer, plans_name, previous),
-                                 self.configuration)
+        return next_stage_folder(sibling_model_dir(self.model_dir, previous), self.configuration)
 
 
 def _check_compatible(ckpt: dict, job: TrainingJob, path: Path) -> None:

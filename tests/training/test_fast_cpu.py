@@ -44,8 +44,8 @@ CASES = {  # name: (transposed, x shape, weight shape, stride, padding, bias)
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_convolution_and_gradients_match_paddle(name):
+def case_inputs(name):
+    """(transposed, x, w, b, stride, padding, nsp, rng) of one of CASES, seeded by its name."""
     transposed, x_shape, w_shape, stride, padding, has_bias = CASES[name]
     nsp = len(x_shape) - 2
     stride = [stride] * nsp if isinstance(stride, int) else list(stride)
@@ -53,6 +53,13 @@ def test_convolution_and_gradients_match_paddle(name):
     rng = np.random.default_rng(sum(map(ord, name)))
     x, w = tensor(rng, x_shape), tensor(rng, w_shape, 0.2)
     b = tensor(rng, (w_shape[1] if transposed else w_shape[0],)) if has_bias else None
+    return transposed, x, w, b, stride, padding, nsp, rng
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_convolution_and_gradients_match_paddle(name):
+    transposed, x, w, b, stride, padding, nsp, rng = case_inputs(name)
+    has_bias = b is not None
     inputs = [x, w] + ([b] if has_bias else [])
     ref_fn = {(False, 2): F.conv2d, (False, 3): F.conv3d, (True, 2): F.conv2d_transpose,
               (True, 3): F.conv3d_transpose}[(transposed, nsp)]
@@ -204,13 +211,7 @@ def test_bf16_inference_convolution_is_close_to_float32(name):
     """bfloat16 inputs and weights (8-bit mantissa), float32 accumulation: ~1e-2 relative error."""
     if not fast_cpu.bf16_supported():
         pytest.skip("this CPU has no native bfloat16 convolutions")
-    transposed, x_shape, w_shape, stride, padding, has_bias = CASES[name]
-    nsp = len(x_shape) - 2
-    stride = [stride] * nsp if isinstance(stride, int) else list(stride)
-    padding = [padding] * nsp if isinstance(padding, int) else list(padding)
-    rng = np.random.default_rng(sum(map(ord, name)))
-    x, w = tensor(rng, x_shape), tensor(rng, w_shape, 0.2)
-    b = tensor(rng, (w_shape[1] if transposed else w_shape[0],)) if has_bias else None
+    transposed, x, w, b, stride, padding, _, _ = case_inputs(name)
     ref = fast_cpu.onednn_conv(x, w, b, stride, padding, transposed).numpy()
     out = fast_cpu.onednn_conv_inference(x, w, b, stride, padding, transposed, "bf16").numpy()
     assert out.shape == ref.shape and out.dtype == np.float32
