@@ -53,6 +53,10 @@ GUARDED_KEYS = ("model", "configuration", "folds", "checkpoint", "use_tta", "ste
 # 0.88 s per patch alone and 0.98-1.07 s per patch in batches of 2-16; 2D 56x40 patches 12.9 ms
 # alone, 9.2 ms in batches of 4 (one tile's 4 mirrored copies). GPU: a guess, not measured.
 DEFAULT_TILE_BATCH = {("cpu", 3): 1, ("cpu", 2): 4, ("gpu", 3): 8, ("gpu", 2): 8}
+# logits larger than this are exported in the main process: handing them to an export worker pickles
+# them (a copy on each side), which for a whole CT volume (14 labels, 512x512x300 float32: 4.7 GB)
+# would triple the memory for the sake of an overlap that one large case does not have
+MAX_HANDOFF_BYTES = 2 * 1024**3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,7 +364,8 @@ class Predictor:
         save_probabilities : also write softmax (sigmoid) probabilities, needed for ensembling
         continue_prediction : skip cases whose outputs already exist
         num_preprocessing_workers : ``-npp`` background preprocessing processes (0: in this process)
-        num_export_workers : ``-nps`` background export processes (0: in this process)
+        num_export_workers : ``-nps`` background export processes (0: in this process; logits above
+            :data:`MAX_HANDOFF_BYTES` are always exported in this process)
         previous_stage_predictions : cascade stage only (required there): the previous stage's
             output folder, ``CASE{file_ending}`` for every case (§7.7)
 
@@ -433,7 +438,7 @@ class Predictor:
                     logits = self.predict_logits(data)
                     del data
                     job = (logits, properties, *export_args, output_folder / case, rw, save_probabilities)
-                    if pool is None:
+                    if pool is None or logits.nbytes > MAX_HANDOFF_BYTES:
                         try:
                             export_case(*job)
                         except PnnunetError as e:

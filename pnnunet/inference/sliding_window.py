@@ -18,6 +18,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from pnnunet.errors import PnnunetError
+from pnnunet.heap import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,8 @@ def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: 
     tiles = list(iter_tiles(spatial, patch_size, step_size))
     log.debug("sliding window: %d tiles of %s on %s, %d mirror passes", len(tiles), patch_size, spatial, len(combos))
 
-    with tqdm(total=len(tiles), disable=not progress, desc="tiles") as bar:
+    # freed activations are reused across tiles instead of being page-faulted in again (device.py)
+    with reuse_freed_memory(), tqdm(total=len(tiles), disable=not progress, desc="tiles") as bar:
         for start in range(0, len(tiles), tiles_per_call):
             group = tiles[start:start + tiles_per_call]
             x = np.stack([np.asarray(padded[(slice(None), *t)], dtype=np.float32) for t in group])

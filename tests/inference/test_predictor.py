@@ -265,3 +265,21 @@ def test_wrong_file_ending_is_refused(model3d, tmp_path):
     with pytest.raises(DatasetError, match=r"caseB_0000.nrrd: does not end with the dataset's file_ending"):
         Predictor(model3d, device="cpu").predict_folder(inputs, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written for bad input
+
+
+def test_large_logits_are_exported_in_this_process(predicted3d, model3d, tmp_path, monkeypatch):
+    """Above MAX_HANDOFF_BYTES the export worker is bypassed (no pickled copies of huge logits)."""
+    import pnnunet.inference.predictor as predictor_module
+
+    inputs, out, _ = predicted3d
+    in_process = []
+    real_export = predictor_module.export_case
+    monkeypatch.setattr(predictor_module, "MAX_HANDOFF_BYTES", 0)
+    monkeypatch.setattr(predictor_module, "export_case", lambda *job: in_process.append(job[-3].name) or
+                        real_export(*job))
+    predictor = Predictor(model3d, device="cpu", progress=False, precision="fp32")
+    predictor.predict_folder(inputs, tmp_path / "out", num_preprocessing_workers=0, num_export_workers=1)
+    assert sorted(in_process) == ["caseA", "caseB"]
+    # same labels as the worker-exported fp32 run (caseB there may be rewritten by the --continue test)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "caseA.nii.gz"))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(out / "caseA.nii.gz"))))
