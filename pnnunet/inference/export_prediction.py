@@ -71,7 +71,8 @@ def probabilities_to_segmentation(probabilities: np.ndarray, labels: LabelInfo) 
 
 
 def _resample_logits(logits: np.ndarray, plans: dict, config: dict, properties: dict) -> np.ndarray:
-    """Resample (K, x, y, z) logits to ``shape_after_cropping_and_before_resampling`` (float32 out)."""
+    """Resample (K, x, y, z) logits to ``shape_after_cropping_and_before_resampling``; same dtype out
+    (float16 or float32; ``logits`` itself when the shape does not change)."""
     transpose = [int(t) for t in plans["transpose_forward"]]
     target_spacing = [float(properties["spacing"][t]) for t in transpose]
     shape = [int(s) for s in properties["shape_after_cropping_and_before_resampling"]]
@@ -80,8 +81,15 @@ def _resample_logits(logits: np.ndarray, plans: dict, config: dict, properties: 
     name = config.get("resampling_fn_probabilities", DEFAULT_PROBABILITY_RESAMPLING[0])
     kwargs = config.get("resampling_fn_probabilities_kwargs", DEFAULT_PROBABILITY_RESAMPLING[1])
     resample = resampling_function(name)
-    # per channel in float64 inside the resampling module, float32 out: no whole-volume float64 copy
-    return resample(np.asarray(logits, dtype=np.float32), shape, current_spacing, target_spacing, **kwargs)
+    # per channel in float64 inside the resampling module, the input's dtype out (upstream resamples its
+    # float16 logits the same way): no whole-volume float64 or float32 copy
+    return resample(_float_logits(logits), shape, current_spacing, target_spacing, **kwargs)
+
+
+def _float_logits(logits: np.ndarray) -> np.ndarray:
+    """``logits`` as float16 or float32 without a copy when they already are (e.g. a memory map)."""
+    logits = np.asarray(logits)
+    return logits if logits.dtype in (np.float16, np.float32) else logits.astype(np.float32)
 
 
 def _uncrop(crop: np.ndarray, full_shape: Sequence[int], bbox: list[list[int]], fill: np.ndarray | None = None
@@ -103,8 +111,8 @@ def logits_to_segmentation_in_original_geometry(logits: np.ndarray, plans: dict,
 
     Parameters
     ----------
-    logits : float32 (K, x, y, z), K = segmentation heads, in the preprocessed (transposed,
-        cropped, resampled) grid; not modified
+    logits : float16 or float32 (K, x, y, z), K = segmentation heads, in the preprocessed
+        (transposed, cropped, resampled) grid; not modified
     plans : plans dict (``transpose_forward``, ``transpose_backward``, configurations)
     configuration : configuration name, :class:`ConfigurationPlan` or resolved configuration dict
         (uses ``spacing`` and ``resampling_fn_probabilities`` / ``_kwargs``)
@@ -165,15 +173,15 @@ def logits_to_next_stage_segmentation(logits: np.ndarray, plans: dict,
     target spacing of ``resampling_fn_probabilities`` (so the separate-z decision follows the
     stage's spacing), and the result is uint8 (uint16 with >= 255 foreground labels).
 
-    logits : float32 (K, x, y, z) in this stage's preprocessed grid; returns (X, Y, Z)
+    logits : float16 or float32 (K, x, y, z) in this stage's preprocessed grid; returns (X, Y, Z)
     """
     labels = LabelInfo.from_dataset_json(dataset_json)
     config = _configuration_dict(plans, configuration)
     spacing = [float(s) for s in config["spacing"]]
     name = config.get("resampling_fn_probabilities", DEFAULT_PROBABILITY_RESAMPLING[0])
     kwargs = config.get("resampling_fn_probabilities_kwargs", DEFAULT_PROBABILITY_RESAMPLING[1])
-    resampled = resampling_function(name)(np.asarray(logits, dtype=np.float32), [int(s) for s in target_shape],
-                                          spacing, spacing, **kwargs)
+    resampled = resampling_function(name)(_float_logits(logits), [int(s) for s in target_shape], spacing, spacing,
+                                          **kwargs)
     if labels.has_regions:
         seg = probabilities_to_segmentation(sigmoid(resampled), labels)
     else:
@@ -197,7 +205,7 @@ def export_prediction(logits: np.ndarray, properties: dict, plans: dict,
 
     Parameters
     ----------
-    logits : float32 (K, x, y, z) in the preprocessed grid (see
+    logits : float16 or float32 (K, x, y, z) in the preprocessed grid (see
         :func:`logits_to_segmentation_in_original_geometry`)
     properties : the case's preprocessing properties plus the reader's geometry (``sitk_stuff``)
     plans, configuration, dataset_json : as for :func:`logits_to_segmentation_in_original_geometry`

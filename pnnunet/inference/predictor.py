@@ -7,7 +7,7 @@ geometry (``-nps`` background processes, overlapped with the next prediction). `
 runs everything in this process, one step after the other.
 
 Arrays: preprocessed data ``(C, x, y, z)`` float32 in the plans' transposed order; logits
-``(K, x, y, z)`` float32 (never float64 whole-volume copies).
+``(K, x, y, z)`` float16 as upstream (never float64 whole-volume copies).
 
 The output folder receives ``dataset.json``, ``plans.json`` and ``predict_args.json``; the latter
 guards against mixing predictions of different models, folds or settings in one folder.
@@ -54,9 +54,9 @@ GUARDED_KEYS = ("model", "configuration", "folds", "checkpoint", "use_tta", "ste
 # alone, 9.2 ms in batches of 4 (one tile's 4 mirrored copies). GPU: a guess, not measured.
 DEFAULT_TILE_BATCH = {("cpu", 3): 1, ("cpu", 2): 4, ("gpu", 3): 8, ("gpu", 2): 8}
 # logits larger than this are exported in the main process: handing them to an export worker pickles
-# them (a copy on each side), which for a whole CT volume (14 labels, 512x512x300 float32: 4.7 GB)
+# them (a copy on each side), which for a whole CT volume (15 outputs, 512x512x300 float16: 2.2 GiB)
 # would triple the memory for the sake of an overlap that one large case does not have
-MAX_HANDOFF_BYTES = 2 * 1024**3
+MAX_HANDOFF_BYTES = 1024**3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,6 +219,9 @@ class Predictor:
     progress : tqdm bar over cases
     precision : ``auto`` (default): bfloat16 convolutions on a CPU that has them natively (as upstream
         predicts under float16 autocast on GPUs), else float32; ``fp32``; ``bf16``
+    accumulation_dtype : ``float16`` (default, upstream's sliding-window accumulators: half the memory)
+        or ``float32`` (exact sums; voxels covered only by the faint edge of the Gaussian keep their
+        precision)
 
     Raises
     ------
@@ -228,7 +231,8 @@ class Predictor:
     def __init__(self, model: ModelFolder | Path | str, folds: Sequence[Fold] | None = None,
                  checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", use_tta: bool = True,
                  step_size: float = 0.5, tile_batch_size: int | None = None, use_static_graph: bool = True,
-                 num_threads: int | None = None, progress: bool = True, precision: str = "auto"):
+                 num_threads: int | None = None, progress: bool = True, precision: str = "auto",
+                 accumulation_dtype: str = "float16"):
         from pnnunet.training.device import pick_device
 
         self.model = model if isinstance(model, ModelFolder) else load_model_folder(model, folds, checkpoint)
@@ -250,6 +254,9 @@ class Predictor:
 
         self.precision = resolve_precision(precision, self.device)
         self.tile_batch_size = int(tile_batch_size or DEFAULT_TILE_BATCH[self.device, len(plan.patch_size)])
+        if np.dtype(accumulation_dtype) not in (np.float16, np.float32):
+            raise PnnunetError(f"accumulation_dtype must be float16 or float32, got {accumulation_dtype!r}")
+        self.accumulation_dtype = np.dtype(accumulation_dtype)
         self.num_outputs = self.model.labels.num_segmentation_heads
         self._predict_fns: list | None = None
         self.backend = "bf16" if self.precision == "bf16" else "static" if use_static_graph else "eager"
@@ -304,13 +311,14 @@ class Predictor:
 
         Returns
         -------
-        float32 (K, x, y, z)
+        (K, x, y, z) of ``accumulation_dtype`` (float16: summed over folds in float16, as upstream)
         """
         self.prepare()
         total = None
         for fold, predict in zip(self.model.folds, self._predict_fns):
             logits = predict_sliding_window(predict, data, self.plan.patch_size, self.num_outputs, self.step_size,
-                                            fold.mirror_axes if self.use_tta else None, True, self.tile_batch_size)
+                                            fold.mirror_axes if self.use_tta else None, True, self.tile_batch_size,
+                                            dtype=self.accumulation_dtype)
             if total is None:
                 total = logits
             else:

@@ -193,21 +193,22 @@ def test_fold_ensemble_is_the_mean_of_fold_logits(model3d):
     per_fold = [Predictor(load_model_folder(model3d.model_dir, folds=[f]), device="cpu", use_tta=False)
                 .predict_logits(data) for f in (0, 1)]
     mean = both.predict_logits(data)
-    assert mean.dtype == np.float32 and mean.shape == (3, *data.shape[1:])
-    np.testing.assert_allclose(mean, (per_fold[0] + per_fold[1]) / 2, rtol=0, atol=1e-5)
+    assert mean.dtype == np.float16 and mean.shape == (3, *data.shape[1:])  # upstream's accumulators
+    assert np.array_equal(mean, (per_fold[0] + per_fold[1]) / np.float16(2))  # summed in float16 too
     assert np.abs(per_fold[0] - per_fold[1]).max() > 1e-2  # the folds really differ
 
 
 def test_static_graph_equals_eager_and_tta_changes_logits(model3d, tmp_path):
     fold0 = load_model_folder(model3d.model_dir, folds=[0])
-    static = Predictor(fold0, device="cpu", use_tta=False, progress=False, precision="fp32")
-    eager = Predictor(fold0, device="cpu", use_tta=False, use_static_graph=False, progress=False, precision="fp32")
+    kw = {"device": "cpu", "progress": False, "precision": "fp32", "accumulation_dtype": "float32"}
+    static = Predictor(fold0, use_tta=False, **kw)
+    eager = Predictor(fold0, use_tta=False, use_static_graph=False, **kw)
     data, _ = _preprocessed(static, TEST_IMAGES / "hippocampus_050.nii.gz")
     logits_static, logits_eager = static.predict_logits(data), eager.predict_logits(data)
     assert static.current_backend == "static" and eager.current_backend == "eager"
     assert np.abs(logits_static - logits_eager).max() < 1e-3
     assert np.mean(np.argmax(logits_static, 0) != np.argmax(logits_eager, 0)) < 1e-4
-    with_tta = Predictor(fold0, device="cpu", use_tta=True, progress=False, precision="fp32").predict_logits(data)
+    with_tta = Predictor(fold0, use_tta=True, **kw).predict_logits(data)
     assert np.abs(with_tta - logits_static).max() > 1e-3
 
 
@@ -217,8 +218,8 @@ def test_bf16_convolutions_stay_close_to_fp32(model3d):
     if not bf16_supported():
         pytest.skip("this CPU has no native bfloat16 convolutions")
     fold0 = load_model_folder(model3d.model_dir, folds=[0])
-    fp32 = Predictor(fold0, device="cpu", use_tta=False, progress=False, precision="fp32")
-    bf16 = Predictor(fold0, device="cpu", use_tta=False, progress=False, precision="bf16")
+    fp32 = Predictor(fold0, device="cpu", use_tta=False, progress=False, precision="fp32", accumulation_dtype="float32")
+    bf16 = Predictor(fold0, device="cpu", use_tta=False, progress=False, precision="bf16", accumulation_dtype="float32")
     assert Predictor(fold0, device="cpu", progress=False).precision == "bf16"  # auto on this CPU
     data, _ = _preprocessed(fp32, TEST_IMAGES / "hippocampus_050.nii.gz")
     a, b = fp32.predict_logits(data), bf16.predict_logits(data)

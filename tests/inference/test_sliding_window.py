@@ -114,6 +114,9 @@ def test_mirror_combinations_order():
 
 # ---------------------------------------------------------------------------------------------
 # prediction with hand-computable "networks"
+F32 = np.float32  # exact-sum tests accumulate in float32; the default is float16 as upstream
+
+
 class LinearNet:
     """y[n, k] = sum_c W[k, c] x[n, c] + b[k] (+ bias[k] at each patch position): per-sample, elementwise."""
 
@@ -152,8 +155,8 @@ def test_equivariant_network_is_reproduced_exactly(shape, patch, mirror):
     rng = np.random.default_rng(RNG_SEED)
     data = rng.normal(size=shape).astype(np.float32)
     net = LinearNet(shape[0], 3)
-    out = predict_sliding_window(net, data, patch, 3, mirror_axes=mirror)
-    assert out.dtype == np.float32 and out.shape == (3, *shape[1:])
+    out = predict_sliding_window(net, data, patch, 3, mirror_axes=mirror, dtype=F32)
+    assert out.dtype == F32 and out.shape == (3, *shape[1:])
     np.testing.assert_allclose(out, net.pointwise(data), rtol=1e-5, atol=1e-5)
 
 
@@ -163,16 +166,16 @@ def test_mirroring_single_tile_not_equivariant():
     rng = np.random.default_rng(RNG_SEED)
     data = rng.normal(size=(2, *patch)).astype(np.float32)
     net = LinearNet(2, 2, patch)
-    out = predict_sliding_window(net, data, patch, 2, mirror_axes=(0, 1, 2))
+    out = predict_sliding_window(net, data, patch, 2, mirror_axes=(0, 1, 2), dtype=F32)
     flips = [(), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)]  # axes of the (K, *P) bias
     mean_bias = np.mean([np.flip(net.bias.astype(np.float64), f) if f else net.bias for f in flips], axis=0)
     np.testing.assert_allclose(out, net.pointwise(data) + mean_bias, rtol=1e-5, atol=1e-5)
     assert sum(net.batch_sizes) == 8
     # without mirroring the bias is not averaged
-    out_plain = predict_sliding_window(net, data, patch, 2)
+    out_plain = predict_sliding_window(net, data, patch, 2, dtype=F32)
     np.testing.assert_allclose(out_plain, net.pointwise(data) + net.bias, rtol=1e-5, atol=1e-5)
     # mirroring only axis 1 of the patch: mean of bias and its flip along that axis
-    out_one = predict_sliding_window(net, data, patch, 2, mirror_axes=(1,))
+    out_one = predict_sliding_window(net, data, patch, 2, mirror_axes=(1,), dtype=F32)
     expected = net.pointwise(data) + (net.bias.astype(np.float64) + np.flip(net.bias, 2)) / 2
     np.testing.assert_allclose(out_one, expected, rtol=1e-5, atol=1e-5)
 
@@ -197,10 +200,10 @@ def test_gaussian_weighted_tiles_not_equivariant():
     data = rng.normal(size=(1, *image)).astype(np.float32)
     net = LinearNet(1, 2, patch)
     g = compute_gaussian(patch).astype(np.float64)
-    out = predict_sliding_window(net, data, patch, 2)
+    out = predict_sliding_window(net, data, patch, 2, dtype=F32)
     expected = net.pointwise(data) + _expected_weighted_bias(image, patch, starts, net.bias, g)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-    out_flat = predict_sliding_window(net, data, patch, 2, use_gaussian=False)
+    out_flat = predict_sliding_window(net, data, patch, 2, use_gaussian=False, dtype=F32)
     expected_flat = net.pointwise(data) + _expected_weighted_bias(image, patch, starts, net.bias, np.ones(patch))
     np.testing.assert_allclose(out_flat, expected_flat, rtol=1e-5, atol=1e-5)
 
@@ -211,7 +214,7 @@ def test_input_smaller_than_patch_not_equivariant():
     rng = np.random.default_rng(RNG_SEED)
     data = rng.normal(size=(1, 3, 4, 5)).astype(np.float32)
     net = LinearNet(1, 2, patch)
-    out = predict_sliding_window(net, data, patch, 2)
+    out = predict_sliding_window(net, data, patch, 2, dtype=F32)
     expected = net.pointwise(data) + net.bias[:, 0:3, 1:5, 0:5]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
@@ -221,7 +224,7 @@ def test_2d_config_on_3d_data_predicts_each_slice():
     rng = np.random.default_rng(RNG_SEED)
     data = rng.normal(size=(1, 3, 6, 5)).astype(np.float32)
     net = LinearNet(1, 2, patch)
-    out = predict_sliding_window(net, data, patch, 2, mirror_axes=(0, 1))
+    out = predict_sliding_window(net, data, patch, 2, mirror_axes=(0, 1), dtype=F32)
     flips = [(), (1,), (2,), (1, 2)]
     mean_bias = np.mean([np.flip(net.bias.astype(np.float64), f) if f else net.bias for f in flips], axis=0)
     expected = net.pointwise(data) + mean_bias[:, None]  # the same 2D result on every slice
@@ -255,7 +258,7 @@ def test_memory_map_input_and_no_modification(tmp_path):
     np.save(tmp_path / "x.npy", arr)
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
     net = LinearNet(1, 2)
-    out = predict_sliding_window(net, mm, (4, 6, 4), 2, mirror_axes=(0, 1, 2))
+    out = predict_sliding_window(net, mm, (4, 6, 4), 2, mirror_axes=(0, 1, 2), dtype=F32)
     np.testing.assert_allclose(out, net.pointwise(arr), rtol=1e-5, atol=1e-5)
     assert np.array_equal(np.asarray(mm), arr)
 
@@ -268,3 +271,37 @@ def test_bad_network_output_is_a_clear_error():
         predict_sliding_window(LinearNet(1, 2), data, (4, 4), 2, mirror_axes=(0, 2))
     with pytest.raises(PnnunetError, match="inf or NaN"):
         predict_sliding_window(lambda x: np.full((x.shape[0], 1, 4, 4, 4), np.inf, np.float32), data, (4, 4, 4), 1)
+
+
+def test_default_accumulates_in_float16_as_upstream():
+    """float16 accumulators (upstream's): the result is float16 and equals the float32 computation up
+    to half-precision rounding; every step of the sums is rounded to float16, as torch does."""
+    image, patch = (9, 12, 7), (4, 6, 5)
+    rng = np.random.default_rng(RNG_SEED)
+    data = (rng.normal(size=(1, *image)) * 5).astype(np.float32)
+    net = LinearNet(1, 3, patch)
+    out16 = predict_sliding_window(net, data, patch, 3, mirror_axes=(0, 1))
+    out32 = predict_sliding_window(net, data, patch, 3, mirror_axes=(0, 1), dtype=np.float32)
+    assert out16.dtype == np.float16 and out32.dtype == np.float32
+    assert not np.array_equal(out16.astype(np.float32), out32)  # really rounded
+    # by hand: mirrored predictions averaged in float32, weighted, then summed tile by tile into float16
+    # arrays (rounded at every addition, as torch's half tensors), weights likewise, divided in float16
+    g = compute_gaussian(patch).astype(np.float32)
+    num = np.zeros((3, *image), np.float16)
+    den = np.zeros(image, np.float16)
+    for t in iter_tiles(image, patch):
+        x = data[(slice(None), *t)][None]
+        y = np.zeros((3, *patch), np.float32)
+        for axes in [(), (2,), (3,), (2, 3)]:  # combinations of patch axes 0 and 1 (batch axis first)
+            y += np.flip(net(np.flip(x, axes))[0], tuple(a - 1 for a in axes)) if axes else net(x)[0]
+        y = y / np.float32(4) * g
+        num[(slice(None), *t)] = (num[(slice(None), *t)].astype(np.float32) + y).astype(np.float16)
+        den[t] = (den[t].astype(np.float32) + g).astype(np.float16)
+    assert np.array_equal(out16, num / den)
+    # close to the exact sums wherever the summed weight is not in float16's subnormal range (as upstream,
+    # the faint Gaussian edge at the image border loses precision: tests/inference/test_upstream_agreement.py)
+    well_covered = den >= 1e-2
+    assert well_covered.mean() > 0.6
+    np.testing.assert_allclose(out16[:, well_covered].astype(np.float32), out32[:, well_covered], rtol=4e-3, atol=4e-3)
+    with pytest.raises(ValueError, match="float16 or float32"):
+        predict_sliding_window(net, data, patch, 3, dtype=np.float64)
