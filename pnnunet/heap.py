@@ -14,6 +14,7 @@ import platform
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
@@ -21,8 +22,10 @@ _HEAP_LOCK = threading.Lock()
 _HEAP_DEPTH = 0
 
 
+@lru_cache(maxsize=1)
 def _glibc():
-    """The process's glibc (with ``mallopt`` / ``malloc_trim``), or None on other C libraries."""
+    """The process's glibc (with ``mallopt`` / ``malloc_trim``), or None on other C libraries; looked up
+    once (``platform.libc_ver`` reads the Python executable)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:

@@ -38,6 +38,7 @@ from pnnunet.fileio import load_json, write_json_atomic
 from pnnunet.imageio import ImageIO, reader_writer_by_name, reader_writer_for
 from pnnunet.inference.export_prediction import export_prediction
 from pnnunet.inference.model_folder import DEFAULT_CHECKPOINT, Fold, ModelFolder, load_model_folder
+from pnnunet.inference.sliding_window import accumulation_dtype as check_accumulation_dtype
 from pnnunet.inference.sliding_window import predict_sliding_window
 from pnnunet.parallel import call_picklable, single_thread_worker
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
@@ -55,7 +56,7 @@ GUARDED_KEYS = ("model", "configuration", "folds", "checkpoint", "use_tta", "ste
 DEFAULT_TILE_BATCH = {("cpu", 3): 1, ("cpu", 2): 4, ("gpu", 3): 8, ("gpu", 2): 8}
 # logits larger than this are exported in the main process: handing them to an export worker pickles
 # them (a copy on each side), which for a whole CT volume (15 outputs, 512x512x300 float16: 2.2 GiB)
-# would triple the memory for the sake of an overlap that one large case does not have
+# adds two whole-volume copies for the sake of an overlap that one large case does not have
 MAX_HANDOFF_BYTES = 1024**3
 
 
@@ -254,9 +255,10 @@ class Predictor:
 
         self.precision = resolve_precision(precision, self.device)
         self.tile_batch_size = int(tile_batch_size or DEFAULT_TILE_BATCH[self.device, len(plan.patch_size)])
-        if np.dtype(accumulation_dtype) not in (np.float16, np.float32):
-            raise PnnunetError(f"accumulation_dtype must be float16 or float32, got {accumulation_dtype!r}")
-        self.accumulation_dtype = np.dtype(accumulation_dtype)
+        try:
+            self.accumulation_dtype = check_accumulation_dtype(accumulation_dtype)
+        except (TypeError, ValueError) as e:
+            raise PnnunetError(f"accumulation_dtype {accumulation_dtype!r}: {e}") from None
         self.num_outputs = self.model.labels.num_segmentation_heads
         self._predict_fns: list | None = None
         self.backend = "bf16" if self.precision == "bf16" else "static" if use_static_graph else "eager"

@@ -201,6 +201,15 @@ def _predict_with_mirroring(predict_fn: PredictFn, x: np.ndarray, combos: list[t
     return result
 
 
+def accumulation_dtype(dtype) -> np.dtype:
+    """``dtype`` as a numpy dtype if it is one the sliding-window accumulators support (float16, upstream's,
+    or float32); ValueError otherwise."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float16, np.float32):
+        raise ValueError(f"the sliding-window accumulators must be float16 or float32, got {dtype}")
+    return dtype
+
+
 def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: Sequence[int], num_outputs: int,
                            step_size: float = 0.5, mirror_axes: Sequence[int] | None = None,
                            use_gaussian: bool = True, tile_batch_size: int = 1, progress: bool = False,
@@ -244,9 +253,7 @@ def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: 
     patch_size = tuple(int(p) for p in patch_size)
     padded, unpad = pad_to_patch(data, patch_size)
     spatial = padded.shape[1:]
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float16, np.float32):
-        raise ValueError(f"dtype must be float16 or float32, got {dtype}")
+    dtype = accumulation_dtype(dtype)
     logits = np.zeros((num_outputs, *spatial), dtype=dtype)
     weights = np.zeros(spatial, dtype=dtype)
     gaussian = compute_gaussian(patch_size).astype(np.float32) if use_gaussian else np.float32(1)
@@ -255,7 +262,7 @@ def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: 
     tiles = list(iter_tiles(spatial, patch_size, step_size))
     log.debug("sliding window: %d tiles of %s on %s, %d mirror passes", len(tiles), patch_size, spatial, len(combos))
 
-    # freed activations are reused across tiles instead of being page-faulted in again (device.py)
+    # freed activations are reused across tiles instead of being page-faulted in again (heap.py)
     with reuse_freed_memory(), tqdm(total=len(tiles), disable=not progress, desc="tiles") as bar:
         for start in range(0, len(tiles), tiles_per_call):
             group = tiles[start:start + tiles_per_call]

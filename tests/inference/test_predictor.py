@@ -284,3 +284,8 @@ def test_large_logits_are_exported_in_this_process(predicted3d, model3d, tmp_pat
     # same labels as the worker-exported fp32 run (caseB there may be rewritten by the --continue test)
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "caseA.nii.gz"))),
                           sitk.GetArrayFromImage(sitk.ReadImage(str(out / "caseA.nii.gz"))))
+
+
+def test_bad_accumulation_dtype_is_a_clear_error(model3d):
+    with pytest.raises(PnnunetError, match="float16 or float32"):
+        Predictor(model3d, device="cpu", progress=False, accumulation_dtype="float64")
