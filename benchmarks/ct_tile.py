@@ -34,10 +34,10 @@ def main() -> None:
     import paddle
 
     from pnnunet.heap import reuse_freed_memory
-    from pnnunet.planning.plans import resolve_configuration
+    from pnnunet.plans import resolve_configuration
     from pnnunet.training import fast_cpu
-    from pnnunet.training.device import set_cpu_threads
-    from pnnunet.training.network import build_network
+    from pnnunet.runtime.device import set_cpu_threads
+    from pnnunet.runtime.network import build_network
 
     paddle.set_device("cpu")
     set_cpu_threads()

@@ -8,7 +8,7 @@ median over all timed iterations of all rounds and the peak RSS of the process t
 data-loading workers included), from benchmarks/measure.py.
 
 pnnunet modes: ``eager`` (stock Paddle dynamic graph), ``onednn`` (convolutions through oneDNN,
-pnnunet.training.fast_cpu.accelerate_convolutions), and ``onednn+loader``: onednn with batches
+pnnunet.runtime.onednn.layers.accelerate_convolutions), and ``onednn+loader``: onednn with batches
 from ``make_batch_iterators`` (real preprocessed data, augmentation in ``--workers`` background
 processes) instead of the pre-made batch; it also reports how long each iteration waited for data.
 
@@ -62,7 +62,7 @@ def make_batch(plans_path: Path, configuration: str, batch_size: int | None, num
 
 
 def _real_batches(preprocessed: Path, configuration: str, batch_size: int, workers: int, seed: int):
-    from pnnunet.planning.plans import ConfigurationPlan, load_plans
+    from pnnunet.plans import ConfigurationPlan, load_plans
     from pnnunet.training.augmentation import make_batch_iterators
 
     plans = load_plans(preprocessed / "pnnunetPlans.json")
@@ -79,9 +79,9 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
     import paddle
 
     from pnnunet.training.deep_supervision import ds_weights
-    from pnnunet.training.device import set_cpu_threads
+    from pnnunet.runtime.device import set_cpu_threads
     from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
-    from pnnunet.training.network import build_network
+    from pnnunet.runtime.network import build_network
 
     paddle.set_device("cpu")
     set_cpu_threads(a.threads)
@@ -92,7 +92,7 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
     network = build_network(cfg, fixed["data"].shape[1], a.num_classes, deep_supervision=True)
     n_fast = 0
     if a.mode.startswith("onednn"):
-        from pnnunet.training.fast_cpu import accelerate_convolutions
+        from pnnunet.runtime.onednn.layers import accelerate_convolutions
 
         n_fast = accelerate_convolutions(network)
         if n_fast == 0:

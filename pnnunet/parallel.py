@@ -13,6 +13,8 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Any, Callable, Sequence
 
+import SimpleITK as sitk
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from pnnunet.errors import PnnunetError
@@ -24,12 +26,7 @@ def single_thread_worker() -> None:
     """Pool initializer: one compute thread per worker process (workers already share the cores)."""
     for name in _THREAD_ENV:
         os.environ[name] = "1"
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(1)
-    except ImportError:  # threadpoolctl comes with scikit-learn; without it the env vars must do
-        pass
-    import SimpleITK as sitk
+    threadpool_limits(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 

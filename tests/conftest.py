@@ -8,7 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-UPSTREAM_HIPPO = SHARED / "reference" / "upstream_hippocampus_220"
+UPSTREAM_HIPPO = REPO / "tests" / "data" / "upstream_hippocampus_220"  # copied from ../shared/reference
 SHARED_DATA = SHARED / "data"
 BUNDLED_SAMPLE = REPO / "tests" / "data" / "Task04_Hippocampus_sample"
 

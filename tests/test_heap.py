@@ -1,61 +1,87 @@
 """reuse_freed_memory: inside the block large arrays come from the reusable heap, not fresh mmaps.
 
 Page-fault counts are no stable witness (transparent huge pages change them), so the tests read
-glibc's own accounting: ``mallinfo2().hblkhd``, the bytes currently held in mmapped blocks.
+glibc's own accounting: ``mallinfo2().hblkhd``, the bytes currently held in mmapped blocks. Each
+check runs in a fresh interpreter: in a process that has run other tests, glibc may serve the
+array from a free chunk that those left in the heap, and the "fresh mapping" baseline would not hold.
 """
 
-import ctypes
+import json
+import subprocess
+import sys
 
-import numpy as np
 import pytest
 
 from pnnunet import heap
 
+PRELUDE = r'''
+import ctypes, json
+import numpy as np
+from pnnunet import heap
+
 MIB64 = 64 * 2**20
 
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
                  "keepcost")]
 
+mallinfo2 = heap._glibc().mallinfo2
+mallinfo2.restype = MallInfo2
 
-def _mallinfo2():
-    libc = heap._glibc()
-    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
-    if fn is None:
-        return None
-    fn.restype = _MallInfo2
-    return fn
-
-
-MALLINFO2 = _mallinfo2()
-pytestmark = pytest.mark.skipif(MALLINFO2 is None, reason="glibc >= 2.33 only (mallinfo2)")
-
-
-def _mmapped_growth_of_a_large_array() -> int:
-    before = MALLINFO2().hblkhd
+def growth():
+    """Bytes of new mmapped blocks while a 64 MiB array exists."""
+    before = mallinfo2().hblkhd
     a = np.ones(MIB64, dtype=np.uint8)
-    grown = MALLINFO2().hblkhd - before
+    grown = mallinfo2().hblkhd - before
     del a
     return grown
+'''
+
+MIB64 = 64 * 2**20
+
+
+def _has_mallinfo2() -> bool:
+    libc = heap._glibc()
+    return libc is not None and getattr(libc, "mallinfo2", None) is not None
+
+
+pytestmark = pytest.mark.skipif(not _has_mallinfo2(), reason="glibc >= 2.33 only (mallinfo2)")
+
+
+def _run(body: str) -> dict:
+    """Run PRELUDE + body in a fresh interpreter; body leaves its results in ``out`` (a dict)."""
+    code = PRELUDE + "out = {}\n" + body + "\nprint(json.dumps(out))\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_large_arrays_come_from_the_heap_inside_the_block_only():
-    assert _mmapped_growth_of_a_large_array() >= MIB64  # glibc's default: a fresh mapping
-    with heap.reuse_freed_memory() as active:
-        assert active
-        assert _mmapped_growth_of_a_large_array() == 0
-        kept = MALLINFO2().fordblks
-        assert kept >= MIB64  # the freed array stays in the heap for the next one
-    assert _mmapped_growth_of_a_large_array() >= MIB64  # defaults restored on leaving
+    out = _run('''
+out["before"] = growth()
+with heap.reuse_freed_memory() as active:
+    out["active"] = bool(active)
+    out["inside"] = growth()
+    out["kept"] = mallinfo2().fordblks
+out["after"] = growth()
+''')
+    assert out["before"] >= MIB64  # glibc's default: a fresh mapping
+    assert out["active"]
+    assert out["inside"] == 0
+    assert out["kept"] >= MIB64  # the freed array stays in the heap for the next one
+    assert out["after"] >= MIB64  # defaults restored on leaving
 
 
 def test_blocks_nest():
+    out = _run('''
+with heap.reuse_freed_memory():
     with heap.reuse_freed_memory():
-        with heap.reuse_freed_memory():
-            pass
-        assert heap._HEAP_DEPTH == 1
-        assert _mmapped_growth_of_a_large_array() == 0  # the inner block did not restore the defaults
-    assert heap._HEAP_DEPTH == 0
-    assert _mmapped_growth_of_a_large_array() >= MIB64
+        pass
+    out["depth_inside"] = heap._HEAP_DEPTH
+    out["inside"] = growth()  # the inner block must not have restored the defaults
+out["depth_after"] = heap._HEAP_DEPTH
+out["after"] = growth()
+''')
+    assert out == {"depth_inside": 1, "inside": 0, "depth_after": 0, "after": out["after"]}
+    assert out["after"] >= MIB64

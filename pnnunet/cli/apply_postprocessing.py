@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pnnunet.cli.common import default_num_processes, run_cli
+from pnnunet.postprocessing.apply import apply_postprocessing_to_folder, load_postprocessing
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,8 +26,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pnnunet.postprocessing.apply import apply_postprocessing_to_folder, load_postprocessing
-
     steps = load_postprocessing(args.pp_json)
     written = apply_postprocessing_to_folder(args.i, args.o, steps, dataset_json=args.dataset_json,
                                              plans=args.plans_json, num_processes=args.np)

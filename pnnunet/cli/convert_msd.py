@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pnnunet.cli.common import default_num_processes, get_roots, run_cli
+from pnnunet.dataset.msd import convert_msd_dataset, import_dataset_folder, is_msd_folder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,8 +23,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pnnunet.dataset.msd import convert_msd_dataset, import_dataset_folder, is_msd_folder
-
     roots = get_roots()
     src = args.i.expanduser().absolute()
     if is_msd_folder(src):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pnnunet.cli.common import default_num_processes, run_cli
+from pnnunet.inference.ensemble import ensemble_folders
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,8 +23,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pnnunet.inference.ensemble import ensemble_folders
-
     written = ensemble_folders(args.i, args.o, save_npz=args.save_npz, num_processes=args.np)
     print(f"ensembled {len(written)} cases from {len(args.i)} folders into {args.o}")
     return 0

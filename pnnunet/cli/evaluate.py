@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Sequence
 
 from pnnunet.cli.common import add_dataset_arg, default_num_processes, get_roots, run_cli
+from pnnunet.dataset.resolve import resolve_dataset
 from pnnunet.errors import DatasetError
+from pnnunet.evaluation.report import class_names, evaluate_folder, format_table, zip_predictions
+from pnnunet.fileio import load_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +42,6 @@ def _dataset_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
         return args.djfile, args.pfile
     if args.dataset is None and (args.pred / "dataset.json").is_file():
         return args.pred / "dataset.json", args.pfile
-    from pnnunet.dataset.resolve import resolve_dataset
 
     roots = get_roots()
     name = resolve_dataset(args.dataset, roots.raw, roots.preprocessed, dataset_id=args.dataset_id)
@@ -53,9 +55,6 @@ def _dataset_files(args: argparse.Namespace) -> tuple[Path, Path | None]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pnnunet.evaluation.report import class_names, evaluate_folder, format_table, zip_predictions
-    from pnnunet.fileio import load_json
-
     dj_file, plans = _dataset_files(args)
     if not dj_file.is_file():
         raise DatasetError(dj_file, "dataset.json not found", "check the path given to -djfile")

@@ -6,6 +6,10 @@ import argparse
 from typing import Sequence
 
 from pnnunet.cli.common import add_dataset_arg, default_num_processes, get_roots, run_cli
+from pnnunet.dataset.resolve import resolve_dataset
+from pnnunet.defaults import DEFAULT_PLANS, DEFAULT_TRAINER, parse_fold
+from pnnunet.evaluation.find_best import find_best_configuration
+from pnnunet.postprocessing.determine import describe_postprocessing
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,8 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", nargs="+", default=None,
                    help="configurations (default: those of 2d 3d_fullres 3d_lowres 3d_cascade_fullres that were "
                         "trained)")
-    p.add_argument("-tr", nargs="+", default=["pnnunetTrainer"], help="trainer(s) (default pnnunetTrainer)")
-    p.add_argument("-p", nargs="+", default=["pnnunetPlans"], help="plans name(s) (default pnnunetPlans)")
+    p.add_argument("-tr", nargs="+", default=[DEFAULT_TRAINER], help=f"trainer(s) (default {DEFAULT_TRAINER})")
+    p.add_argument("-p", nargs="+", default=[DEFAULT_PLANS], help=f"plans name(s) (default {DEFAULT_PLANS})")
     p.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default 0 1 2 3 4)")
     p.add_argument("-np", type=int, default=default_num_processes(), help="worker processes")
     p.add_argument("--disable_ensembling", "--disable-ensembling", action="store_true",
@@ -28,19 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fold(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
-
-
 def _run(args: argparse.Namespace) -> int:
-    from pnnunet.dataset.resolve import resolve_dataset
-    from pnnunet.evaluation.find_best import find_best_configuration
-    from pnnunet.postprocessing.determine import describe_postprocessing
-
     roots = get_roots()
     name = resolve_dataset(args.dataset, roots.raw, roots.preprocessed, dataset_id=args.dataset_id)
     result = find_best_configuration(name, roots.results, roots.preprocessed, configurations=args.c,
-                                     trainer=args.tr, plans_name=args.p, folds=[_fold(f) for f in args.f],
+                                     trainer=args.tr, plans_name=args.p, folds=[parse_fold(f) for f in args.f],
                                      allow_ensembling=not args.disable_ensembling, num_processes=args.np)
     print()
     print(result.table())

@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Sequence
 
 from pnnunet.cli.common import add_dataset_arg, default_num_processes, get_roots, run_cli
+from pnnunet.dataset.cases import get_training_cases
+from pnnunet.dataset.dataset_json import load_dataset_json
+from pnnunet.dataset.integrity import verify_dataset_integrity
+from pnnunet.dataset.resolve import resolve_dataset
+from pnnunet.defaults import DEFAULT_PLANS
 from pnnunet.errors import PnnunetError
+from pnnunet.imageio import reader_writer_by_name
 from pnnunet.paths import Roots
-from pnnunet.planning.plans import DEFAULT_PLANS_NAME, load_plans
+from pnnunet.planning.planner import PLANNER_ALIASES, PLANNER_PRESETS
+from pnnunet.planning.run import fingerprint_dataset, plan_dataset
+from pnnunet.plans import load_plans
+from pnnunet.preprocessing.run import preprocess_dataset
 
 DEFAULT_CONFIGS = ("2d", "3d_fullres", "3d_lowres")
 
@@ -29,10 +38,10 @@ def _parser(prog: str, fingerprint: bool, plan: bool, preprocess: bool) -> argpa
         p.add_argument("-gpu_memory_target", type=float, default=None, help="GPU memory target in GB (default 8)")
         p.add_argument("-overwrite_target_spacing", type=float, nargs="+", default=None,
                        help="replace the full-resolution target spacing (3 values, reader axis order)")
-        p.add_argument("-overwrite_plans_name", default=None, help=f"plans name (default {DEFAULT_PLANS_NAME})")
+        p.add_argument("-overwrite_plans_name", default=None, help=f"plans name (default {DEFAULT_PLANS})")
     else:
         p.add_argument("-plans_name", "-p", dest="overwrite_plans_name", default=None,
-                       help=f"plans name (default {DEFAULT_PLANS_NAME})")
+                       help=f"plans name (default {DEFAULT_PLANS})")
     if preprocess:
         p.add_argument("-c", nargs="+", default=list(DEFAULT_CONFIGS),
                        help="configurations to preprocess (default 2d 3d_fullres 3d_lowres; missing ones are skipped)")
@@ -47,8 +56,6 @@ def _parser(prog: str, fingerprint: bool, plan: bool, preprocess: bool) -> argpa
 
 
 def _datasets(args: argparse.Namespace, roots: Roots) -> list[str]:
-    from pnnunet.dataset.resolve import resolve_dataset
-
     specs = args.dataset or [None]
     return [resolve_dataset(s, roots.raw, roots.preprocessed, dataset_id=args.dataset_id) for s in specs]
 
@@ -67,19 +74,15 @@ def _summary(plans: dict, preprocessed_dir: Path) -> str:
 
 
 def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bool) -> int:
-    from pnnunet.dataset.integrity import verify_dataset_integrity
-    from pnnunet.planning.run import fingerprint_dataset, plan_dataset
-
     roots = get_roots()
     preset = None
     if plan:
-        from pnnunet.planning.planner import PLANNER_ALIASES, PLANNER_PRESETS
 
         key = PLANNER_ALIASES.get(args.pl, args.pl)
         if key not in PLANNER_PRESETS:
             raise PnnunetError(f"unknown planner preset '{args.pl}'\n  fix: use one of {sorted(PLANNER_PRESETS)}")
         preset = PLANNER_PRESETS[key]
-    plans_name = args.overwrite_plans_name or (preset.plans_name if preset else DEFAULT_PLANS_NAME)
+    plans_name = args.overwrite_plans_name or (preset.plans_name if preset else DEFAULT_PLANS)
     for name in _datasets(args, roots):
         t0 = time.perf_counter()
         raw_dir, pre_dir = roots.raw / name, roots.preprocessed / name
@@ -112,11 +115,6 @@ def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bo
 
 
 def _preprocess(args: argparse.Namespace, raw_dir: Path, pre_dir: Path, plans: dict) -> None:
-    from pnnunet.dataset.cases import get_training_cases
-    from pnnunet.dataset.dataset_json import load_dataset_json
-    from pnnunet.imageio import reader_writer_by_name
-    from pnnunet.preprocessing.run import preprocess_dataset
-
     dataset_json = load_dataset_json(raw_dir / "dataset.json")
     configs = [c for c in args.c if c in plans["configurations"]]
     skipped = [c for c in args.c if c not in plans["configurations"]]

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from pnnunet.cli.common import run_cli
+from pnnunet.evaluation.overlay import save_overlay_png
+from pnnunet.imageio import reader_writer_for
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,9 +23,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pnnunet.evaluation.overlay import save_overlay_png
-    from pnnunet.imageio import reader_writer_for
-
     name = args.s.name
     ending = ".nii.gz" if name.endswith(".nii.gz") else args.s.suffix
     rw = reader_writer_for(ending, args.s)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
 from pnnunet.cli.common import add_dataset_arg, get_roots, run_cli
-from pnnunet.errors import PnnunetError
-from pnnunet.training.config import DEFAULT_TRAINER
+from pnnunet.dataset.resolve import resolve_dataset
+from pnnunet.defaults import DEFAULT_PLANS, DEFAULT_TRAINER, model_dir_name, parse_fold
+from pnnunet.fileio import load_json
+from pnnunet.paths import env_int
+from pnnunet.plans import load_plans
+from pnnunet.runtime.device import import_paddle, pick_device
+from pnnunet.training.config import make_train_config
+from pnnunet.training.pretrained import load_pretrained_weights
 
 log = logging.getLogger("pnnunet")
 
@@ -22,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     add_dataset_arg(p)
     p.add_argument("-tr", default=DEFAULT_TRAINER, help="trainer variant, e.g. pnnunetTrainer_5epochs "
                                                        "(upstream nnUNetTrainer_* names are accepted)")
-    p.add_argument("-p", default="pnnunetPlans", help="plans name (default pnnunetPlans)")
+    p.add_argument("-p", default=DEFAULT_PLANS, help=f"plans name (default {DEFAULT_PLANS})")
     p.add_argument("-device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
     p.add_argument("--npz", action="store_true", help="also save validation probabilities (needed for ensembling)")
     p.add_argument("--c", "--continue", dest="resume", action="store_true", help="resume from the last checkpoint")
@@ -44,27 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fold(value: str) -> int | str:
-    if value == "all":
-        return "all"
-    try:
-        return int(value)
-    except ValueError:
-        raise PnnunetError(f"fold '{value}' is not a number or 'all'\n  fix: use 0-4 or all") from None
-
-
 def _run(args: argparse.Namespace) -> int:
-    import os
+    import_paddle()  # the install hint, before anything that needs Paddle is imported
+    from pnnunet.training.trainer import Trainer, TrainingJob  # deferred: imports Paddle at load time
 
-    from pnnunet.dataset.resolve import resolve_dataset
-    from pnnunet.fileio import load_json
-    from pnnunet.paths import env_int
-    from pnnunet.planning.plans import load_plans
-    from pnnunet.training.config import make_train_config
-    from pnnunet.training.device import pick_device
-    from pnnunet.training.pretrained import load_pretrained_weights
-    from pnnunet.training.trainer import Trainer, TrainingJob
-
+    fold = parse_fold(args.fold)
     roots = get_roots()
     name = resolve_dataset(args.dataset, roots.raw, roots.preprocessed, dataset_id=args.dataset_id)
     pre_dir = roots.preprocessed / name
@@ -77,8 +68,8 @@ def _run(args: argparse.Namespace) -> int:
                             num_workers=workers, seed=args.seed,
                             fast_cpu_convolutions=False if args.no_fast_cpu else None)
     device = pick_device(args.device)
-    model_dir = roots.results / name / f"{args.tr}__{args.p}__{args.configuration}"
-    job = TrainingJob(pre_dir, model_dir, plans, args.configuration, _fold(args.fold), dataset_json, args.tr, cfg,
+    model_dir = roots.results / name / model_dir_name(args.tr, args.p, args.configuration)
+    job = TrainingJob(pre_dir, model_dir, plans, args.configuration, fold, dataset_json, args.tr, cfg,
                       device, progress_bar=not args.no_pbar)
     trainer = Trainer(job)
     trainer.check_inputs()  # a clear error before the fold folder and its log are created

@@ -16,9 +16,9 @@ from typing import Sequence
 
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import DatasetError
-from pnnunet.evaluation.metrics import compute_metrics_on_folder
+from pnnunet.metrics import compute_metrics_on_folder
 from pnnunet.fileio import atomic_path, load_json
-from pnnunet.postprocessing.apply import resolve_io, segmentation_files
+from pnnunet.dataset.folders import resolve_io, segmentation_files
 
 log = logging.getLogger(__name__)
 

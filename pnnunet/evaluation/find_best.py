@@ -20,24 +20,21 @@ from pathlib import Path
 from typing import Sequence
 
 from pnnunet.dataset.labels import LabelInfo
+from pnnunet.defaults import (DEFAULT_PLANS, DEFAULT_TRAINER, INFORMATION_FILE, INSTRUCTIONS_TEXT_FILE,
+                              POSTPROCESSING_FILE)
 from pnnunet.errors import DatasetError, PnnunetError
 from pnnunet.evaluation.accumulate import accumulate_cv_results, crossval_folder_name, folds_to_string
-from pnnunet.evaluation.metrics import compute_metrics_on_folder
+from pnnunet.metrics import compute_metrics_on_folder
 from pnnunet.evaluation.report import class_names
 from pnnunet.fileio import atomic_path, load_json, write_json_atomic
 from pnnunet.inference.ensemble import MissingProbabilitiesError, cv_probability_files, ensemble_crossvalidations
-from pnnunet.planning.plans import resolve_configuration
-from pnnunet.postprocessing.apply import resolve_io
+from pnnunet.plans import resolve_configuration
+from pnnunet.dataset.folders import resolve_io
 from pnnunet.postprocessing.determine import determine_postprocessing
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
-DEFAULT_TRAINER = "pnnunetTrainer"
-DEFAULT_PLANS = "pnnunetPlans"
-INFORMATION_FILE = "inference_instructions.json"
-INSTRUCTIONS_FILE = "inference_instructions.txt"
-POSTPROCESSING_FILE = "postprocessing.json"
 
 
 @dataclass(frozen=True)
@@ -329,7 +326,7 @@ def find_best_configuration(dataset_name: str, results_root: Path | str, preproc
                                   num_processes)
     files = {"postprocessing": results_dataset / POSTPROCESSING_FILE,
              "information": results_dataset / INFORMATION_FILE,
-             "instructions": results_dataset / INSTRUCTIONS_FILE}
+             "instructions": results_dataset / INSTRUCTIONS_TEXT_FILE}
     with atomic_path(files["postprocessing"]) as tmp:
         shutil.copyfile(best.source / POSTPROCESSING_FILE, tmp)
     # DEVIATION(nnU-Net §8.2): upstream's inference_information.json is named inference_instructions.json here

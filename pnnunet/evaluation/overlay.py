@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+from skimage import io as skio
 
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path
@@ -18,8 +20,6 @@ def pick_slice(seg: np.ndarray) -> int:
 
 def overlay_rgb(image: np.ndarray, seg: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """2D image (X, Y) and labels (X, Y) → uint8 RGB (X, Y, 3); each label gets a tab10 colour."""
-    from matplotlib import colormaps
-
     lo, hi = np.percentile(image, [0.5, 99.5])
     grey = np.clip((image - lo) / max(hi - lo, 1e-8), 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=2)
@@ -33,8 +33,6 @@ def overlay_rgb(image: np.ndarray, seg: np.ndarray, alpha: float = 0.5) -> np.nd
 def save_overlay_png(image_files: list[Path], seg_file: Path, output_png: Path, reader_writer,
                      slice_index: int | None = None, channel: int = 0) -> int:
     """Write the overlay of ``seg_file`` on channel ``channel`` of the image; return the slice used."""
-    from skimage import io as skio
-
     data, _ = reader_writer.read_images([str(f) for f in image_files])
     seg, _ = reader_writer.read_seg(str(seg_file))
     if data.shape[1:] != seg.shape[1:]:

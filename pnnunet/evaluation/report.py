@@ -1,6 +1,6 @@
 """Evaluation reports: summary.json + CSV, a printable table, and a flat zip of predictions.
 
-The metrics themselves are :mod:`pnnunet.evaluation.metrics` (reference §8.1). This module turns a
+The metrics themselves are :mod:`pnnunet.metrics` (reference §8.1). This module turns a
 summary into rows (one per case × class, then the means), writes them as CSV, formats a table
 with the class names from dataset.json, and packs prediction files into a flat zip (entries
 ``CASE{file_ending}`` without folders, as challenge submission systems expect).
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import DatasetError
-from pnnunet.evaluation.metrics import METRICS, compute_metrics_on_folder, label_or_region_to_key
+from pnnunet.metrics import METRICS, compute_metrics_on_folder, label_or_region_to_key
 from pnnunet.fileio import atomic_path
 from pnnunet.imageio import ImageIO
-from pnnunet.postprocessing.apply import load_dataset_json, resolve_io, segmentation_files
+from pnnunet.dataset.folders import folder_dataset_json, resolve_io, segmentation_files
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def evaluate_folder(ref_folder: Path | str, pred_folder: Path | str, dataset_jso
     pred_folder = Path(pred_folder)
     output_file = pred_folder / "summary.json" if output_file is None else Path(output_file)
     if not isinstance(dataset_json, dict):
-        dataset_json = load_dataset_json(dataset_json, pred_folder)
+        dataset_json = folder_dataset_json(dataset_json, pred_folder)
     rw, ending = resolve_io(pred_folder, dataset_json, plans, reader_writer)
     labels = LabelInfo.from_dataset_json(dataset_json)
     classes = labels.foreground_regions if labels.has_regions else labels.foreground_labels

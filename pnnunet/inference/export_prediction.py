@@ -19,7 +19,7 @@ from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path, write_json_atomic
 from pnnunet.imageio import ImageIO, reader_writer_by_name
-from pnnunet.planning.plans import ConfigurationPlan, resolve_configuration
+from pnnunet.plans import ConfigurationPlan, resolve_configuration
 from pnnunet.preprocessing.cropping import bbox_to_slices
 from pnnunet.preprocessing.resampling import resampling_function
 

@@ -21,19 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from pnnunet.dataset.labels import LabelInfo
+from pnnunet.defaults import (CHECKPOINT_SUFFIX, DEFAULT_CHECKPOINT, Fold, checkpoint_stem, fold_sort_key,
+                              parse_fold, parse_model_dir_name)
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json
-from pnnunet.planning.plans import ConfigurationPlan, load_plans, resolve_configuration
+from pnnunet.plans import ConfigurationPlan, load_plans, resolve_configuration
+from pnnunet.preprocessing.previous_stage import num_network_inputs
+from pnnunet.runtime.checkpoints import load_checkpoint, plan_mismatch
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUFFIX = ".pdparams"
-DEFAULT_CHECKPOINT = "checkpoint_final"
 _FOLD_DIR = re.compile(r"fold_(?P<fold>\d+|all)")
-# plan keys that must agree between plans.json and the plans stored in a checkpoint
-_PLAN_KEYS_CHECKED = ("patch_size", "spacing", "architecture", "normalization_schemes")
-
-Fold = int | str  # 0, 1, ... or "all"
 
 
 @dataclass(frozen=True)
@@ -83,8 +81,6 @@ class ModelFolder:
     @property
     def num_input_channels(self) -> int:
         """Network inputs: the image channels, plus one per foreground label for a cascade stage."""
-        from pnnunet.preprocessing.previous_stage import num_network_inputs
-
         return num_network_inputs(self.dataset_json, self.plan.previous_stage)
 
     @property
@@ -97,51 +93,6 @@ class ModelFolder:
         return f"{self.model_dir.parent.name}/{self.model_dir.name}"
 
 
-def model_dir_name(trainer: str, plans_name: str, configuration: str) -> str:
-    """``<Trainer>__<Plans>__<configuration>`` (reference §5.11)."""
-    return f"{trainer}__{plans_name}__{configuration}"
-
-
-def parse_model_dir_name(name: str) -> tuple[str, str, str]:
-    """(trainer, plans name, configuration) of a ``<Trainer>__<Plans>__<configuration>`` folder name."""
-    parts = name.split("__")
-    if len(parts) != 3 or not all(parts):
-        raise PnnunetError(f"'{name}' is not a model folder name of the form <Trainer>__<Plans>__<configuration>\n"
-                           "  fix: pass the folder pnnunet_train wrote under $pnnunet_results/DatasetXXX_Name/")
-    return parts[0], parts[1], parts[2]
-
-
-def sibling_model_dir(model_dir: Path | str, configuration: str) -> Path:
-    """The model folder of another configuration with the same trainer and plans (e.g. a cascade's
-    previous stage), beside ``model_dir``."""
-    model_dir = Path(model_dir)
-    trainer, plans_name, _ = parse_model_dir_name(model_dir.name)
-    return model_dir.parent / model_dir_name(trainer, plans_name, configuration)
-
-
-def checkpoint_stem(name: str) -> str:
-    """``checkpoint_final`` from ``checkpoint_final``, ``checkpoint_final.pdparams`` or upstream's ``.pth``."""
-    name = Path(str(name)).name
-    for suffix in (CHECKPOINT_SUFFIX, ".pth"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def parse_fold(value: Fold) -> Fold:
-    """0, 1, ... or ``"all"`` from a CLI string or int."""
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if str(value) == "all":
-        return "all"
-    try:
-        return int(value)
-    except ValueError:
-        raise PnnunetError(f"fold '{value}' is not a number or 'all'\n  fix: use e.g. -f 0 1 2 3 4, or -f all") from None
-
-
-def _fold_sort_key(fold: Fold) -> tuple[int, int]:
-    return (1, 0) if fold == "all" else (0, int(fold))
 
 
 def find_trained_folds(model_dir: Path | str, checkpoint: str = DEFAULT_CHECKPOINT) -> list[Fold]:
@@ -152,7 +103,7 @@ def find_trained_folds(model_dir: Path | str, checkpoint: str = DEFAULT_CHECKPOI
         return []
     folds = [parse_fold(m["fold"]) for p in model_dir.iterdir()
              if p.is_dir() and (m := _FOLD_DIR.fullmatch(p.name)) and (p / (stem + CHECKPOINT_SUFFIX)).is_file()]
-    return sorted(folds, key=_fold_sort_key)
+    return sorted(folds, key=fold_sort_key)
 
 
 def trained_model_dirs(dataset_results_dir: Path | str, checkpoint: str = DEFAULT_CHECKPOINT) -> list[Path]:
@@ -177,22 +128,13 @@ def _check_checkpoint(ckpt: dict, path: Path, configuration: str, plans: dict) -
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt:
         raise PnnunetError(f"{path}: not a pnnunet checkpoint (no network_weights)\n"
                            "  fix: use a checkpoint written by pnnunet_train")
-    init_args = ckpt.get("init_args") or {}
-    stored = init_args.get("configuration")
-    if stored is not None and stored != configuration:
-        raise PnnunetError(f"{path}: was trained for configuration '{stored}', but this model folder is "
-                           f"'{configuration}'\n  fix: move the fold into the matching model folder "
-                           f"(<Trainer>__<Plans>__{stored}) or predict with -c {stored}")
-    stored_plans = init_args.get("plans")
-    if stored_plans is None or stored is None:
-        return
-    ours = resolve_configuration(plans, configuration)
-    theirs = resolve_configuration(stored_plans, stored)
-    differing = [k for k in _PLAN_KEYS_CHECKED if ours.get(k) != theirs.get(k)]
-    if differing:
-        raise PnnunetError(f"{path}: was trained with a different plan than the model folder's plans.json "
-                           f"({', '.join(differing)} differ)\n  fix: restore the plans.json the fold was trained "
-                           "with, or retrain the fold")
+    problem = plan_mismatch(ckpt, configuration, plans)
+    if problem is not None:
+        stored = (ckpt.get("init_args") or {}).get("configuration")
+        fix = (f"move the fold into the matching model folder (<Trainer>__<Plans>__{stored}) or predict with "
+               f"-c {stored}") if stored != configuration else \
+            "restore the plans.json the fold was trained with, or retrain the fold"
+        raise PnnunetError(f"{path}: {problem} (this model folder's plans.json)\n  fix: {fix}")
 
 
 def _to_numpy(weights: dict) -> dict:
@@ -225,8 +167,6 @@ def load_model_folder(model_dir: Path | str, folds: Sequence[Fold] | None = None
     PnnunetError : missing folder, plans.json or dataset.json; no trained fold; a requested fold
         without the checkpoint; a checkpoint made for another configuration or plan.
     """
-    from pnnunet.training.checkpoints import load_checkpoint
-
     model_dir = Path(model_dir).expanduser().resolve()
     if not model_dir.is_dir():
         raise PnnunetError(f"{model_dir}: model folder not found\n  fix: train the configuration first "

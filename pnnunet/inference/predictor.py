@@ -40,9 +40,12 @@ from pnnunet.inference.export_prediction import export_prediction
 from pnnunet.inference.model_folder import DEFAULT_CHECKPOINT, Fold, ModelFolder, load_model_folder
 from pnnunet.inference.sliding_window import accumulation_dtype as check_accumulation_dtype
 from pnnunet.inference.sliding_window import predict_sliding_window
+from pnnunet.inference.static_graph import make_predict_fn, resolve_precision
 from pnnunet.parallel import call_picklable, single_thread_worker
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
 from pnnunet.preprocessing.previous_stage import append_previous_stage
+from pnnunet.runtime.device import import_paddle, pick_device, set_cpu_threads
+from pnnunet.runtime.network import build_network
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,18 @@ class _Prefetcher:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def check_part(part_id: int, num_parts: int) -> None:
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise PnnunetError(f"-part_id {part_id} -num_parts {num_parts}: part_id must be in 0 .. num_parts-1\n"
+                           "  fix: e.g. -num_parts 2 with -part_id 0 in one process and -part_id 1 in another")
+
+
+def select_part(cases: dict[str, list[Path]], part_id: int, num_parts: int) -> dict[str, list[Path]]:
+    """The cases of one part: sorted case ids ``[part_id::num_parts]`` (upstream's sharding rule)."""
+    check_part(part_id, num_parts)
+    return {c: cases[c] for c in sorted(cases)[part_id::num_parts]}
+
+
 def claim_output_folder(output_folder: Path | str, args: dict) -> None:
     """Record ``args`` in ``output_folder/predict_args.json``, refusing a folder made with other settings.
 
@@ -234,7 +249,6 @@ class Predictor:
                  step_size: float = 0.5, tile_batch_size: int | None = None, use_static_graph: bool = True,
                  num_threads: int | None = None, progress: bool = True, precision: str = "auto",
                  accumulation_dtype: str = "float16"):
-        from pnnunet.training.device import pick_device
 
         self.model = model if isinstance(model, ModelFolder) else load_model_folder(model, folds, checkpoint)
         plan = self.model.plan
@@ -248,10 +262,8 @@ class Predictor:
         self.progress = progress
         self.device = pick_device(device)
         if self.device == "cpu":
-            from pnnunet.training.device import set_cpu_threads
 
             set_cpu_threads(self.num_threads)
-        from pnnunet.inference.static_graph import resolve_precision
 
         self.precision = resolve_precision(precision, self.device)
         self.tile_batch_size = int(tile_batch_size or DEFAULT_TILE_BATCH[self.device, len(plan.patch_size)])
@@ -265,9 +277,6 @@ class Predictor:
 
     # ---- network ------------------------------------------------------------------------------
     def _network_builder(self, weights: dict):
-        from pnnunet.training.device import import_paddle
-        from pnnunet.training.network import build_network
-
         def build():
             paddle = import_paddle()
             with paddle.utils.unique_name.guard():
@@ -283,7 +292,6 @@ class Predictor:
         """Export (or load the cached export of) every fold and create its predictor; idempotent."""
         if self._predict_fns is not None:
             return
-        from pnnunet.inference.static_graph import make_predict_fn
 
         fns, backends = [], []
         for fold in self.model.folds:
@@ -362,8 +370,8 @@ class Predictor:
 
     def predict_folder(self, input_folder: Path | str, output_folder: Path | str, save_probabilities: bool = False,
                        continue_prediction: bool = False, num_preprocessing_workers: int = 2,
-                       num_export_workers: int = 2, previous_stage_predictions: Path | str | None = None
-                       ) -> PredictionSummary:
+                       num_export_workers: int = 2, previous_stage_predictions: Path | str | None = None,
+                       part: tuple[int, int] = (0, 1)) -> PredictionSummary:
         """Predict every case of ``input_folder`` into ``output_folder`` (reference §7, ``nnUNetv2_predict``).
 
         Parameters
@@ -378,6 +386,9 @@ class Predictor:
             :data:`MAX_HANDOFF_BYTES` are always exported in this process)
         previous_stage_predictions : cascade stage only (required there): the previous stage's
             output folder, ``CASE{file_ending}`` for every case (§7.7)
+        part : ``(part_id, num_parts)``: only the sorted cases ``[part_id::num_parts]`` (``-part_id`` /
+            ``-num_parts``, as upstream), so that several processes or machines can share one input and
+            output folder without communicating
 
         Returns
         -------
@@ -395,6 +406,10 @@ class Predictor:
                                "  fix: choose a different output folder (-o)")
         dj = self.model.dataset_json
         cases = get_inference_cases(input_folder, dj["file_ending"], self.model.num_image_channels)
+        cases = select_part(cases, *part)
+        if not cases:
+            log.info("part %d of %d has no cases (fewer cases than parts): nothing to predict", *part)
+            return PredictionSummary(output_folder, 0, 0, 0, 0.0, self.current_backend)
         previous = self._previous_stage_files(cases, previous_stage_predictions)
         self._claim_output_folder(output_folder)
         todo = {c: f for c, f in cases.items()

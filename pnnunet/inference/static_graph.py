@@ -28,7 +28,9 @@ import numpy as np
 
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json, write_json_atomic
-from pnnunet.training.device import import_paddle
+from pnnunet.runtime.device import import_paddle
+from pnnunet.runtime.onednn.layers import accelerate_convolutions
+from pnnunet.runtime.onednn.primitives import bf16_supported
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def export_network(network, prefix: Path | str, input_channels: int, conv_dim: i
 
     Parameters
     ----------
-    network : a :class:`pnnunet.training.network.PlainConvUNet` with its weights loaded
+    network : a :class:`pnnunet.runtime.network.PlainConvUNet` with its weights loaded
     prefix : output path without suffix; its folder is created
     input_channels : C
     conv_dim : 2 or 3
@@ -270,8 +272,7 @@ class _FallbackPredictFn:
 
 def bf16_predict_fn(network) -> PredictFn | None:
     """The eager network with its convolutions in bfloat16 through oneDNN (CPU), or None when this
-    CPU has no native bfloat16 convolutions (:func:`pnnunet.training.fast_cpu.bf16_supported`)."""
-    from pnnunet.training.fast_cpu import accelerate_convolutions, bf16_supported
+    CPU has no native bfloat16 convolutions (:func:`pnnunet.runtime.onednn.primitives.bf16_supported`)."""
 
     if not bf16_supported() or accelerate_convolutions(network, inference_precision="bf16") == 0:
         return None
@@ -286,7 +287,6 @@ def resolve_precision(precision: str, device: str) -> str:
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     if precision == "fp32" or device != "cpu":
         return "fp32"
-    from pnnunet.training.fast_cpu import bf16_supported
 
     if bf16_supported():
         return "bf16"

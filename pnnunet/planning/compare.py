@@ -7,7 +7,7 @@ identifiers and ``nonlin_kwargs`` are mapped or ignored.
 
 from __future__ import annotations
 
-from pnnunet.planning.plans import resolve_configuration
+from pnnunet.plans import resolve_configuration
 
 _IGNORED_GLOBAL = {"dataset_name", "plans_name", "experiment_planner_used"}
 _CLASS_KEYS = {"conv_op", "norm_op", "nonlin", "nonlin_kwargs"}

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from pnnunet.errors import DatasetError, PnnunetError
+from pnnunet.parallel import map_in_pool
 from pnnunet.preprocessing.cropping import crop_to_nonzero
 
 TOTAL_INTENSITY_SAMPLES = 10e7  # = 1e8 over the whole dataset (upstream's spelling, Appendix G.1)
@@ -127,7 +128,6 @@ def extract_fingerprint(cases: dict, reader_writer, num_processes: int = 2, prog
     ``foreground_intensity_properties_per_channel`` (``{"0": {max, mean, median, min,
     percentile_00_5, percentile_99_5, std}}``) and ``median_relative_size_after_cropping``.
     """
-    from pnnunet.parallel import map_in_pool
 
     if not cases:
         raise PnnunetError("the dataset has no training cases; check imagesTr/labelsTr")

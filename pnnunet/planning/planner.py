@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pnnunet.defaults import DEFAULT_PLANS
 from pnnunet.planning.topology import conv_feature_map_size, get_pool_and_conv_props
 from pnnunet.preprocessing.normalization import scheme_for_channel_name
 from pnnunet.preprocessing.resampling import compute_new_shape
@@ -28,7 +29,7 @@ LOWRES_SPACING_STEP = 1.03
 class PlannerSettings:
     """Constants of the default planner (reference §3 table)."""
 
-    plans_name: str = "pnnunetPlans"
+    plans_name: str = DEFAULT_PLANS
     gpu_memory_target_gb: float = 8.0
     reference_val_3d: float = 560_000_000
     reference_val_2d: float = 85_000_000
@@ -57,7 +58,7 @@ PLANNER_ALIASES = {"ExperimentPlanner": "default", "nnUNetPlanner": "default"}
 
 # Class strings written into plans. DEVIATION(DESIGN contract): layer class names name Paddle's
 # layers; everything the planner decides keeps upstream's values.
-NETWORK_CLASS = "pnnunet.training.network.PlainConvUNet"
+NETWORK_CLASS = "pnnunet.runtime.network.PlainConvUNet"
 CONV_OP = {2: "paddle.nn.Conv2D", 3: "paddle.nn.Conv3D"}
 NORM_OP = {2: "paddle.nn.InstanceNorm2D", 3: "paddle.nn.InstanceNorm3D"}
 NONLIN = "paddle.nn.LeakyReLU"

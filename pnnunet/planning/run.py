@@ -17,7 +17,7 @@ from pnnunet.fileio import load_json, write_json_atomic
 from pnnunet.imageio import reader_writer_for
 from pnnunet.planning.fingerprint import extract_fingerprint
 from pnnunet.planning.planner import PlannerSettings, plan_experiment
-from pnnunet.planning.plans import save_plans
+from pnnunet.plans import save_plans
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import cc3d
 import numpy as np
 
-from pnnunet.evaluation.metrics import label_or_region_mask
+from pnnunet.metrics import label_or_region_mask
 
 # upstream's function name, used in postprocessing.json so the file reads like upstream's
 PP_FN_NAME = "remove_all_but_largest_component_from_segmentation"

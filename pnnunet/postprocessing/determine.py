@@ -9,7 +9,7 @@ B. if there is more than one class: for each foreground label (or region) in dat
    on the current result; accepted iff that class's mean Dice strictly increases.
 
 Candidates are evaluated in memory (the same per-case metrics as
-:func:`pnnunet.evaluation.metrics.compute_metrics_on_folder`); only the final choice is written:
+:func:`pnnunet.metrics.compute_metrics_on_folder`); only the final choice is written:
 the postprocessed predictions with their ``summary.json`` and ``postprocessing.json``
 (Appendix C schema).
 
@@ -24,7 +24,7 @@ from typing import Sequence
 
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import DatasetError
-from pnnunet.evaluation.metrics import (
+from pnnunet.metrics import (
     compute_metrics_arrays,
     compute_metrics_on_folder,
     label_or_region_to_key,
@@ -33,14 +33,8 @@ from pnnunet.evaluation.metrics import (
 from pnnunet.fileio import load_json, write_json_atomic
 from pnnunet.imageio import ImageIO
 from pnnunet.parallel import map_in_pool
-from pnnunet.postprocessing.apply import (
-    PostprocessingStep,
-    apply_postprocessing,
-    apply_postprocessing_to_folder,
-    load_dataset_json,
-    resolve_io,
-    segmentation_files,
-)
+from pnnunet.dataset.folders import folder_dataset_json, resolve_io, segmentation_files
+from pnnunet.postprocessing.apply import PostprocessingStep, apply_postprocessing, apply_postprocessing_to_folder
 from pnnunet.postprocessing.components import PP_FN_NAME
 
 log = logging.getLogger(__name__)
@@ -149,7 +143,7 @@ def determine_postprocessing(pred_folder: Path | str, ref_folder: Path | str,
         raise DatasetError(pred_folder, "prediction folder does not exist", "check the path")
     output_folder = pred_folder / "postprocessed" if output_folder is None else Path(output_folder)
     pp_json_file = pred_folder / "postprocessing.json" if pp_json_file is None else Path(pp_json_file)
-    dj = load_dataset_json(dataset_json, pred_folder)
+    dj = folder_dataset_json(dataset_json, pred_folder)
     rw, ending = resolve_io(pred_folder, dj, plans)
     labels = LabelInfo.from_dataset_json(dj)
     classes = list(labels.foreground_regions if labels.has_regions else labels.foreground_labels)

@@ -14,7 +14,7 @@ import numpy as np
 
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import DatasetError, PnnunetError
-from pnnunet.planning import plans as plans_module
+from pnnunet import plans as plans_module
 from pnnunet.preprocessing.class_locations import location_classes, sample_foreground_locations
 from pnnunet.preprocessing.cropping import crop_to_nonzero
 from pnnunet.preprocessing.normalization import normalize
@@ -25,7 +25,7 @@ def resolve_configuration(plans: dict, configuration: str | dict) -> dict:
     """The configuration dict with ``inherits_from`` resolved (reference §3.8).
 
     The single place preprocessing resolves a configuration: a name goes through
-    :func:`pnnunet.planning.plans.resolve_configuration`; an already resolved dict is returned as is.
+    :func:`pnnunet.plans.resolve_configuration`; an already resolved dict is returned as is.
     """
     if isinstance(configuration, dict):
         return configuration

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-
+from pnnunet.dataset import get_training_cases
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path, load_json, write_json_atomic
 from pnnunet.parallel import map_in_pool
@@ -138,7 +138,6 @@ def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str
     """
     t_start = time.perf_counter()
     if cases is None:
-        from pnnunet.dataset import get_training_cases
         cases = get_training_cases(raw_dir, dataset_json)
     out_root = Path(preprocessed_dataset_dir)
     summary: dict = {"data_identifiers": {}}

@@ -31,7 +31,7 @@ from batchgenerators.transforms.resample_transforms import SimulateLowResolution
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 from batchgenerators.transforms.utility_transforms import RemoveLabelTransform, RenameTransform
 
-from pnnunet.planning.plans import ConfigurationPlan
+from pnnunet.plans import ConfigurationPlan
 from pnnunet.training.cascade_augmentation import cascade_transforms
 from pnnunet.training.dataloading import NNUNetPatchLoader
 from pnnunet.training.deep_supervision import downsample_seg_for_ds, ds_scales

@@ -11,9 +11,9 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from pnnunet.defaults import DEFAULT_TRAINER
 from pnnunet.errors import PnnunetError
 
-DEFAULT_TRAINER = "pnnunetTrainer"
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class TrainConfig:
     seed: int = 12345
     ema_alpha: float = 0.9
     # CPU only: run convolutions (forward and backward) through the oneDNN library inside Paddle's
-    # wheel (training/fast_cpu.py); same numbers up to float32 rounding, ~3.5x faster than eager.
+    # wheel (runtime/onednn/); same numbers up to float32 rounding, ~3.5x faster than eager.
     fast_cpu_convolutions: bool = True
 
     def replace(self, **kw) -> "TrainConfig":

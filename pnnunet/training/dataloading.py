@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from batchgenerators.dataloading.data_loader import DataLoader
 
+from pnnunet.parallel import single_thread_worker
 from pnnunet.preprocessing.previous_stage import load_previous_stage_segmentation
 from pnnunet.preprocessing.storage import load_preprocessed_case
 from pnnunet.training.sampling import crop_with_padding, forced_foreground_mask, patch_bbox
@@ -28,7 +29,6 @@ SEG_PAD_VALUE = -1
 
 def limit_worker_threads() -> None:
     """Limit BLAS / OpenMP pools of this process to one thread (augmentation workers, §5.2)."""
-    from pnnunet.parallel import single_thread_worker
 
     single_thread_worker()
 

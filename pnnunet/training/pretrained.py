@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pnnunet.errors import PnnunetError
-from pnnunet.training.checkpoints import load_checkpoint
+from pnnunet.runtime.checkpoints import load_checkpoint
 
 
 def load_pretrained_weights(path: Path) -> dict:

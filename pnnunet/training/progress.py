@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from pnnunet.fileio import atomic_path
 
@@ -63,13 +64,9 @@ class ProgressLog:
 
     def plot(self, path: Path) -> None:
         """Write the 3-panel progress plot (losses + pseudo Dice, epoch times, learning rate)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         x = np.arange(len(self.train_losses))
-        fig, axes = plt.subplots(3, 1, figsize=(10, 12))
+        fig = Figure(figsize=(10, 12))  # no pyplot: no global backend, no figure registry
+        axes = fig.subplots(3, 1)
         ax = axes[0]
         ax.plot(x, self.train_losses, color="b", label="train loss")
         ax.plot(x, self.val_losses, color="r", label="val loss")
@@ -91,4 +88,3 @@ class ProgressLog:
         fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
-        plt.close(fig)

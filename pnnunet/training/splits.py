@@ -14,12 +14,12 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import KFold
 
+from pnnunet.defaults import SPLITS_FILE, parse_fold
 from pnnunet.errors import DatasetError, PnnunetError
 from pnnunet.fileio import load_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-SPLITS_FILE = "splits_final.json"
 SPLIT_SEED = 12345
 
 
@@ -106,14 +106,9 @@ def get_fold(
     train in drawn order, val in sorted order.
     """
     keys = sorted(str(c) for c in case_ids)
-    if isinstance(fold, str):
-        if fold == "all":
-            return list(keys), list(keys)
-        if not fold.isdigit():
-            raise PnnunetError(f"fold must be a non-negative integer or 'all', got {fold!r}")
-        fold = int(fold)
-    if fold < 0:
-        raise PnnunetError(f"fold must be a non-negative integer or 'all', got {fold}")
+    fold = parse_fold(fold)
+    if fold == "all":
+        return list(keys), list(keys)
     if fold < len(splits):
         return list(splits[fold]["train"]), list(splits[fold]["val"])
     log.warning("fold %d requested but the splits have %d fold(s): using a seeded random 80:20 split",

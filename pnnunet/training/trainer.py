@@ -19,15 +19,27 @@ from tqdm import tqdm
 
 import pnnunet
 from pnnunet.dataset.labels import LabelInfo
+from pnnunet.defaults import sibling_model_dir
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import write_json_atomic
-from pnnunet.planning.plans import ConfigurationPlan, resolve_configuration
+from pnnunet.plans import ConfigurationPlan
 from pnnunet.preprocessing.previous_stage import (check_previous_stage_available, next_stage_folder,
                                                   num_network_inputs)
-from pnnunet.training import checkpoints as ck
+from pnnunet.preprocessing.storage import list_cases
+from pnnunet.runtime import checkpoints as ck
+from pnnunet.runtime.device import import_paddle
+from pnnunet.runtime.network import build_network
+from pnnunet.runtime.onednn.layers import accelerate_convolutions
+from pnnunet.training.augmentation import make_batch_iterators
 from pnnunet.training.config import TrainConfig
-from pnnunet.training.device import import_paddle
+from pnnunet.training.deep_supervision import ds_weights
+from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
+from pnnunet.training.lr_schedule import set_epoch_lr
+from pnnunet.training.pretrained import apply_pretrained_weights
 from pnnunet.training.progress import ProgressLog
+from pnnunet.training.sampling import rotation_and_mirroring
+from pnnunet.training.splits import get_fold, load_or_create_splits
+from pnnunet.training.validation import validate_fold
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +74,15 @@ class TrainingJob:
         previous = self.plan.previous_stage
         if not previous:
             return None
-        from pnnunet.inference.model_folder import sibling_model_dir
-
         return next_stage_folder(sibling_model_dir(self.model_dir, previous), self.configuration)
 
 
 def _check_compatible(ckpt: dict, job: TrainingJob, path: Path) -> None:
+    problem = ck.plan_mismatch(ckpt, job.configuration, job.plans)
+    if problem is not None:
+        raise PnnunetError(f"{path}: {problem}\n  fix: retrain without --c (or in a new output folder), or restore "
+                           "the plans file the checkpoint was made with")
     stored = ckpt.get("init_args", {})
-    if stored.get("configuration") != job.configuration:
-        raise PnnunetError(f"{path}: made for configuration '{stored.get('configuration')}', not "
-                           f"'{job.configuration}'\n  fix: use the matching configuration or a new output folder")
-    ours = resolve_configuration(job.plans, job.configuration)
-    theirs = resolve_configuration(stored["plans"], job.configuration)
-    for key in ("patch_size", "spacing", "architecture", "normalization_schemes"):
-        if ours.get(key) != theirs.get(key):
-            raise PnnunetError(f"{path}: was trained with a different plan ('{key}' differs)\n  fix: retrain "
-                               "without --c, or restore the plans file the checkpoint was made with")
     if stored.get("num_epochs") not in (None, job.config.num_epochs):
         raise PnnunetError(f"{path}: was trained for {stored['num_epochs']} epochs, now {job.config.num_epochs} "
                            "requested\n  fix: resume with the same number of epochs (the LR schedule depends on it)")
@@ -101,14 +106,8 @@ class Trainer:
     # ---- building blocks -------------------------------------------------------------------
     def _build(self):
         paddle = import_paddle()
-        from pnnunet.training.deep_supervision import ds_weights
-        from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
-        from pnnunet.training.network import build_network
-
         self.network = build_network(self.plan.raw, self.num_input_channels, self.num_heads, deep_supervision=True)
         if self.job.device == "cpu" and self.cfg.fast_cpu_convolutions:
-            from pnnunet.training.fast_cpu import accelerate_convolutions
-
             log.debug("CPU: %d convolution layers run through oneDNN", accelerate_convolutions(self.network))
         self.optimizer = paddle.optimizer.Momentum(
             learning_rate=self.cfg.initial_lr, momentum=self.cfg.momentum, use_nesterov=True,
@@ -151,8 +150,6 @@ class Trainer:
 
     @property
     def mirror_axes(self) -> list[int]:
-        from pnnunet.training.sampling import rotation_and_mirroring
-
         if not self.cfg.mirroring:
             return []
         return list(rotation_and_mirroring(self.plan.patch_size)["mirror_axes"])
@@ -196,9 +193,6 @@ class Trainer:
     # ---- main entry points --------------------------------------------------------------------
     def fit(self, resume: bool = False) -> None:
         paddle = import_paddle()
-        from pnnunet.training.augmentation import make_batch_iterators
-        from pnnunet.training.lr_schedule import set_epoch_lr
-
         job, cfg = self.job, self.cfg
         train_ids, val_ids = self.check_inputs()
         job.fold_dir.mkdir(parents=True, exist_ok=True)
@@ -217,8 +211,6 @@ class Trainer:
                 if resume:
                     log.info("no checkpoint in %s: starting from scratch", job.fold_dir)
                 if self.pretrained_weights is not None:
-                    from pnnunet.training.pretrained import apply_pretrained_weights
-
                     apply_pretrained_weights(self.network, self.pretrained_weights)
             if self.current_epoch >= cfg.num_epochs:
                 log.info("training already finished (%d epochs)", self.current_epoch)
@@ -232,7 +224,7 @@ class Trainer:
                                                         foreground_labels=self.labels.foreground_labels)
             try:
                 for epoch in range(self.current_epoch, cfg.num_epochs):
-                    self._run_epoch(epoch, train_iter, val_iter, set_epoch_lr)
+                    self._run_epoch(epoch, train_iter, val_iter)
             finally:
                 for it in (train_iter, val_iter):
                     if hasattr(it, "close"):
@@ -242,7 +234,7 @@ class Trainer:
             log.info("training finished: %d epochs, best EMA pseudo-Dice %.4f", self.current_epoch,
                      self.progress.best_ema or float("nan"))
 
-    def _run_epoch(self, epoch: int, train_iter, val_iter, set_epoch_lr) -> None:
+    def _run_epoch(self, epoch: int, train_iter, val_iter) -> None:
         paddle = import_paddle()
         cfg = self.cfg
         start = time.time()
@@ -287,9 +279,6 @@ class Trainer:
         return train_ids, val_ids
 
     def split(self) -> tuple[list[str], list[str]]:
-        from pnnunet.preprocessing.storage import list_cases
-        from pnnunet.training.splits import get_fold, load_or_create_splits
-
         folder = self.job.preprocessed_dataset_dir / self.plan.data_identifier
         case_ids = list_cases(folder)
         if not case_ids:
@@ -310,8 +299,6 @@ class Trainer:
 
     def final_validation(self, checkpoint: str = "checkpoint_final", save_probabilities: bool = False) -> dict:
         """Predict the held-out cases of this fold and write ``validation/summary.json`` (§5.10)."""
-        from pnnunet.training.validation import validate_fold
-
         paddle = import_paddle()
         path = ck.checkpoint_path(self.job.fold_dir, checkpoint)
         if not path.is_file():

@@ -213,7 +213,7 @@ def test_static_graph_equals_eager_and_tta_changes_logits(model3d, tmp_path):
 
 
 def test_bf16_convolutions_stay_close_to_fp32(model3d):
-    from pnnunet.training.fast_cpu import bf16_supported
+    from pnnunet.runtime.onednn.primitives import bf16_supported
 
     if not bf16_supported():
         pytest.skip("this CPU has no native bfloat16 convolutions")

@@ -11,7 +11,7 @@ import pytest
 paddle = pytest.importorskip("paddle")
 
 from pnnunet.inference import static_graph as sg
-from pnnunet.training.network import build_network
+from pnnunet.runtime.network import build_network
 
 
 def _plan(dim: int, strides, features=(4, 8, 8)) -> dict:
@@ -140,7 +140,7 @@ def test_static_predict_fn_switches_to_eager_when_a_run_fails(caplog):
 
 def test_resolve_precision():
     from pnnunet.inference.static_graph import resolve_precision
-    from pnnunet.training.fast_cpu import bf16_supported
+    from pnnunet.runtime.onednn.primitives import bf16_supported
 
     assert resolve_precision("fp32", "cpu") == "fp32"
     assert resolve_precision("auto", "gpu") == resolve_precision("bf16", "gpu") == "fp32"

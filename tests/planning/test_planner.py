@@ -8,7 +8,8 @@ import pytest
 from pnnunet.planning.compare import plan_differences
 from pnnunet.planning.planner import (PlannerSettings, fullres_target_spacing, plan_configuration, plan_experiment,
                                       transpose_from_spacing)
-from pnnunet.planning.plans import ConfigurationPlan, merge_with_existing, resolve_configuration, PlansError
+from pnnunet.errors import DatasetError
+from pnnunet.plans import ConfigurationPlan, merge_with_existing, resolve_configuration
 from tests.conftest import UPSTREAM_HIPPO, require
 
 HIPPO_DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
@@ -67,9 +68,9 @@ def test_configuration_inheritance_and_cycles():
                                 "big": {"inherits_from": "3d_fullres", "batch_size": 40},
                                 "a": {"inherits_from": "b"}, "b": {"inherits_from": "a"}}}
     assert resolve_configuration(plans, "big") == {"batch_size": 40, "patch_size": [8, 8, 8]}
-    with pytest.raises(PlansError, match="cycle"):
+    with pytest.raises(DatasetError, match="cycle"):
         resolve_configuration(plans, "a")
-    with pytest.raises(PlansError, match="did you mean '3d_fullres'"):
+    with pytest.raises(DatasetError, match="did you mean '3d_fullres'"):
         resolve_configuration(plans, "3d_fulres")
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from pnnunet.imageio import SimpleITKIO
 from pnnunet.preprocessing.preprocessor import preprocess_case, preprocess_case_files
-from tests.conftest import REPO, SHARED_DATA, UPSTREAM_HIPPO, require
+from tests.conftest import REPO, UPSTREAM_HIPPO, require
 
 FIXTURES = REPO / "tests" / "data" / "upstream_preprocessing"
 INDEX = json.loads((FIXTURES / "fixtures.json").read_text())["fixtures"]
@@ -21,7 +21,7 @@ DATA_ATOL = 1e-5  # bound for other platforms; here the difference is exactly 0
 
 def _run_ours(entry: dict, z):
     if entry["source"] == "hippocampus":
-        hippocampus = require(SHARED_DATA / "Task04_Hippocampus")
+        hippocampus = FIXTURES / "hippocampus"  # the three real cases, copied from ../shared/data
         plans = json.loads(require(UPSTREAM_HIPPO / "nnUNetPlans.json").read_text())
         case = entry["case"]
         return preprocess_case_files([hippocampus / "imagesTr" / f"{case}.nii.gz"],

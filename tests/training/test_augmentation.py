@@ -9,7 +9,7 @@ import pytest
 from batchgenerators.augmentations.utils import resize_segmentation
 from batchgenerators.transforms.spatial_transforms import SpatialTransform
 
-from pnnunet.planning.plans import ConfigurationPlan
+from pnnunet.plans import ConfigurationPlan
 from pnnunet.training.augmentation import (Convert2DTo3D, Convert3DTo2D, IsolatedGlobalRandomState, MaskOutsideSeg,
                                            make_batch_iterators, training_transforms, validation_transforms)
 from pnnunet.training.dataloading import NNUNetPatchLoader

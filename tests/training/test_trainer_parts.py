@@ -7,7 +7,7 @@ import paddle
 import pytest
 
 from pnnunet.errors import PnnunetError
-from pnnunet.training import checkpoints as ck
+from pnnunet.runtime import checkpoints as ck
 from pnnunet.training.config import make_train_config, trainer_overrides
 from pnnunet.training.progress import ProgressLog
 

@@ -1,4 +1,4 @@
-"""Per-case metrics and summary.json (pnnunet.evaluation.metrics; reference §8.1, Appendix C).
+"""Per-case metrics and summary.json (pnnunet.metrics; reference §8.1, Appendix C).
 
 Reference numbers: upstream nnU-Net v2's ``compute_metrics_on_folder`` on the small synthetic label
 maps in data/ (see data/README.md), and upstream's fold-0 summary of the 220-case Hippocampus run.
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from pnnunet.errors import DatasetError
-from pnnunet.evaluation.metrics import (compute_metrics, compute_metrics_on_folder, compute_tp_fp_fn_tn,
+from pnnunet.metrics import (compute_metrics, compute_metrics_on_folder, compute_tp_fp_fn_tn,
                                         key_to_label_or_region, label_or_region_to_key, metrics_from_counts,
                                         summarize_cases)
 from pnnunet.imageio import SimpleITKIO
 from tests.conftest import UPSTREAM_HIPPO, require
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent / "evaluation" / "data"
 RUNS = json.loads((DATA / "upstream_runs.json").read_text())["runs"]
 
 

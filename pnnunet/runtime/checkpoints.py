@@ -11,20 +11,35 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import paddle
-
+from pnnunet.defaults import CHECKPOINT_NAMES, checkpoint_path
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path
+from pnnunet.plans import resolve_configuration
+from pnnunet.runtime.device import import_paddle
 
-CHECKPOINT_NAMES = ("checkpoint_final", "checkpoint_latest", "checkpoint_best")
-SUFFIX = ".pdparams"
-
-
-def checkpoint_path(fold_dir: Path, name: str) -> Path:
-    return Path(fold_dir) / f"{name}{SUFFIX}"
+# plan keys that must agree between the plans a checkpoint was made with and the plans it is used with
+PLAN_KEYS_CHECKED = ("patch_size", "spacing", "architecture", "normalization_schemes")
 
 
-def optimizer_state_by_structured_names(model: paddle.nn.Layer, optimizer) -> dict:
+def plan_mismatch(ckpt: dict, configuration: str, plans: dict) -> str | None:
+    """Why ``ckpt`` was not made for ``configuration`` of ``plans`` (None when it was, or when the
+    checkpoint does not say): the one compatibility check of training (``--c``) and prediction."""
+    init_args = ckpt.get("init_args") or {}
+    stored = init_args.get("configuration")
+    if stored is not None and stored != configuration:
+        return f"was trained for configuration '{stored}', not '{configuration}'"
+    stored_plans = init_args.get("plans")
+    if stored_plans is None or stored is None:
+        return None
+    ours = resolve_configuration(plans, configuration)
+    theirs = resolve_configuration(stored_plans, stored)
+    differing = [k for k in PLAN_KEYS_CHECKED if ours.get(k) != theirs.get(k)]
+    if differing:
+        return f"was trained with a different plan ({', '.join(differing)} differ)"
+    return None
+
+
+def optimizer_state_by_structured_names(model, optimizer) -> dict:
     """Optimizer state with keys ``<structured param name>|<accumulator suffix>``."""
     by_name = {p.name: n for n, p in model.named_parameters()}
     out = {}
@@ -38,7 +53,7 @@ def optimizer_state_by_structured_names(model: paddle.nn.Layer, optimizer) -> di
     return out
 
 
-def load_optimizer_state(model: paddle.nn.Layer, optimizer, state: dict) -> None:
+def load_optimizer_state(model, optimizer, state: dict) -> None:
     params = dict(model.named_parameters())
     mapped = {}
     for key, value in state.items():
@@ -55,12 +70,14 @@ def load_optimizer_state(model: paddle.nn.Layer, optimizer, state: dict) -> None
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write ``payload`` (tensors, numpy, plain Python) atomically with ``paddle.save``."""
+    paddle = import_paddle()
     with atomic_path(path) as tmp:
         paddle.save(payload, str(tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
     """Load a pnnunet checkpoint (a pickle: load only checkpoints you made)."""
+    paddle = import_paddle()
     try:
         return paddle.load(str(path))
     except Exception as e:  # corrupted / foreign file

@@ -1,4 +1,4 @@
-"""oneDNN convolutions (pnnunet.training.fast_cpu) against Paddle's own eager kernels.
+"""oneDNN convolutions (pnnunet.runtime.onednn) against Paddle's own eager kernels.
 
 The reference is Paddle's ``F.conv*d`` / ``F.conv*d_transpose`` and the stock network on the same
 weights and input; outputs and gradients must agree to float32 rounding.
@@ -9,10 +9,12 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from pnnunet.training import fast_cpu
+from pnnunet.runtime.onednn import capi, layers as fast_cpu
+from pnnunet.runtime.onednn.capi import OneDNNError
+from pnnunet.runtime.onednn.primitives import bf16_supported
 from pnnunet.training.deep_supervision import ds_weights
 from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
-from pnnunet.training.network import build_network
+from pnnunet.runtime.network import build_network
 
 pytestmark = pytest.mark.skipif(not fast_cpu.onednn_available(), reason="oneDNN library not in this Paddle build")
 
@@ -183,14 +185,14 @@ def test_sgd_steps_follow_the_eager_trajectory():
 
 
 def test_missing_library_leaves_network_alone(monkeypatch, tmp_path):
-    monkeypatch.setattr(fast_cpu, "_LIB", None)
-    monkeypatch.setattr(fast_cpu, "_LIB_ERROR", None)
-    monkeypatch.setattr(fast_cpu, "_library_path", lambda: tmp_path / "libdnnl.so.3")
+    monkeypatch.setattr(capi, "_LIB", None)
+    monkeypatch.setattr(capi, "_LIB_ERROR", None)
+    monkeypatch.setattr(capi, "library_path", lambda: tmp_path / "libdnnl.so.3")
     assert not fast_cpu.onednn_available()
     net = paddle.nn.Sequential(paddle.nn.Conv3D(1, 2, 3, padding=1))
     assert fast_cpu.accelerate_convolutions(net) == 0
     assert type(net[0]) is paddle.nn.Conv3D
-    with pytest.raises(fast_cpu.OneDNNError, match="not usable"):
+    with pytest.raises(OneDNNError, match="not usable"):
         fast_cpu.onednn_conv(paddle.ones([1, 1, 3, 3, 3]), paddle.ones([2, 1, 3, 3, 3]), None, [1] * 3, [1] * 3)
 
 
@@ -209,7 +211,7 @@ def test_static_graph_export_uses_paddle_kernels():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bf16_inference_convolution_is_close_to_float32(name):
     """bfloat16 inputs and weights (8-bit mantissa), float32 accumulation: ~1e-2 relative error."""
-    if not fast_cpu.bf16_supported():
+    if not bf16_supported():
         pytest.skip("this CPU has no native bfloat16 convolutions")
     transposed, x, w, b, stride, padding, _, _ = case_inputs(name)
     ref = fast_cpu.onednn_conv(x, w, b, stride, padding, transposed).numpy()
@@ -219,7 +221,7 @@ def test_bf16_inference_convolution_is_close_to_float32(name):
 
 
 def test_bf16_layers_only_without_gradients():
-    if not fast_cpu.bf16_supported():
+    if not bf16_supported():
         pytest.skip("this CPU has no native bfloat16 convolutions")
     paddle.seed(0)
     conv = paddle.nn.Conv3D(2, 4, 3, padding=1)

@@ -12,24 +12,14 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pnnunet.errors import PnnunetError
+from pnnunet.errors import DatasetError
 from pnnunet.fileio import load_json, write_json_atomic
 
-DEFAULT_PLANS_NAME = "pnnunetPlans"
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 REQUIRED_GLOBAL = ("transpose_forward", "transpose_backward", "configurations",
                    "foreground_intensity_properties_per_channel")
 REQUIRED_CONFIG = ("data_identifier", "batch_size", "patch_size", "spacing", "normalization_schemes",
                    "use_mask_for_norm", "architecture")
-
-
-class PlansError(PnnunetError):
-    def __init__(self, source: Path | str, problem: str, fix: str):
-        self.source, self.problem, self.fix = source, problem, fix
-        super().__init__(f"{source}: {problem}\n  fix: {fix}")
-
-    def __reduce__(self):  # picklable across worker processes
-        return (type(self), (self.source, self.problem, self.fix))
 
 
 def resolve_configuration(plans: dict, name: str, source: Path | str = "plans") -> dict:
@@ -41,10 +31,10 @@ def resolve_configuration(plans: dict, name: str, source: Path | str = "plans") 
         if cur not in configs:
             close = difflib.get_close_matches(cur, list(configs), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise PlansError(source, f"configuration '{cur}' is not in the plans (has {sorted(configs)})",
+            raise DatasetError(source, f"configuration '{cur}' is not in the plans (has {sorted(configs)})",
                              f"{hint}choose one of the planned configurations or re-run planning")
         if cur in chain:
-            raise PlansError(source, f"configuration inheritance has a cycle: {' -> '.join(chain + [cur])}",
+            raise DatasetError(source, f"configuration inheritance has a cycle: {' -> '.join(chain + [cur])}",
                              "fix the 'inherits_from' entries")
         chain.append(cur)
         parent = configs[cur].get("inherits_from")
@@ -85,7 +75,7 @@ class ConfigurationPlan:
         d = resolve_configuration(plans, name, source)
         missing = [k for k in REQUIRED_CONFIG if k not in d]
         if missing:
-            raise PlansError(source, f"configuration '{name}' misses keys {missing}",
+            raise DatasetError(source, f"configuration '{name}' misses keys {missing}",
                              "re-run pnnunet_plan_and_preprocess (or fix the hand-edited plans file)")
         return cls(name=name, data_identifier=d["data_identifier"], batch_size=int(d["batch_size"]),
                    patch_size=tuple(int(p) for p in d["patch_size"]), spacing=tuple(float(s) for s in d["spacing"]),
@@ -99,14 +89,14 @@ def load_plans(path: Path | str) -> dict:
     """Load a plans JSON (ours or upstream's) and check the global keys."""
     path = Path(path)
     if not path.is_file():
-        raise PlansError(path, "plans file not found", "run pnnunet_plan_and_preprocess for this dataset first")
+        raise DatasetError(path, "plans file not found", "run pnnunet_plan_and_preprocess for this dataset first")
     try:
         plans = load_json(path)
     except ValueError as e:
-        raise PlansError(path, f"is not valid JSON ({e})", "re-run planning or repair the file") from None
+        raise DatasetError(path, f"is not valid JSON ({e})", "re-run planning or repair the file") from None
     missing = [k for k in REQUIRED_GLOBAL if k not in plans]
     if missing:
-        raise PlansError(path, f"misses keys {missing}", "re-run pnnunet_plan_and_preprocess")
+        raise DatasetError(path, f"misses keys {missing}", "re-run pnnunet_plan_and_preprocess")
     return plans
 
 

@@ -8,7 +8,7 @@ import paddle
 import pytest
 
 from pnnunet.errors import PnnunetError
-from pnnunet.training.network import PlainConvUNet, build_network, conv_dim_from_op, he_std
+from pnnunet.runtime.network import PlainConvUNet, build_network, conv_dim_from_op, he_std
 from tests.conftest import UPSTREAM_HIPPO, require
 
 
@@ -172,7 +172,7 @@ def test_inference_mode_equals_training_mode_forward():
     """Without gradients the nonlinearity runs in place; the output must not change."""
     import paddle
 
-    from pnnunet.training.network import build_network
+    from pnnunet.runtime.network import build_network
 
     plan = {"patch_size": [16, 16, 16], "architecture": {"network_class_name": "PlainConvUNet", "arch_kwargs": {
         "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",

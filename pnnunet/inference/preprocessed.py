@@ -1,0 +1,86 @@
+"""Prediction of already preprocessed cases (a fold's held-out cases in its final validation).
+
+Each case is read from the configuration's preprocessed folder, gets the previous stage's
+segmentation as extra input channels for a cascade stage, is predicted with the sliding window and
+exported in its original geometry; a stage with a ``next_stage`` also writes the segmentation in
+the next stage's preprocessed grid to ``predicted_next_stage/<next stage>/`` (its training input).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pnnunet.dataset.labels import LabelInfo
+from pnnunet.imageio import ImageIO
+from pnnunet.inference.export_prediction import export_prediction, logits_to_next_stage_segmentation
+from pnnunet.inference.sliding_window import predict_sliding_window
+from pnnunet.plans import ConfigurationPlan
+from pnnunet.preprocessing import previous_stage as ps
+from pnnunet.preprocessing.storage import load_preprocessed_case
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NextStage:
+    """A later cascade stage that takes this stage's segmentations as input."""
+
+    name: str
+    preprocessed_folder: Path  # the next stage's preprocessed cases (their grid)
+    output_folder: Path        # <model>/predicted_next_stage/<name>
+
+
+def next_stages(plans: dict, configuration: str, preprocessed_dataset_dir: Path, model_dir: Path) -> list[NextStage]:
+    """The next stages of ``configuration`` (none unless it is a cascade's low-resolution stage)."""
+    plan = ConfigurationPlan.from_plans(plans, configuration)
+    return [NextStage(name, preprocessed_dataset_dir / ConfigurationPlan.from_plans(plans, name).data_identifier,
+                      ps.next_stage_folder(model_dir, name))
+            for name in ps.next_stage_names(plan.raw)]
+
+
+def _export_next_stages(logits: np.ndarray, case: str, plans: dict, configuration: str, dataset_json: dict,
+                        stages: Sequence[NextStage]) -> None:
+    for stage in stages:
+        data_file = stage.preprocessed_folder / f"{case}.npy"
+        if not data_file.is_file():
+            log.warning("%s: not preprocessed for %s, so its input for that stage is not written (fix: "
+                        "pnnunet_plan_and_preprocess -c %s, then rerun the validation with --val)", case, stage.name,
+                        stage.name)
+            continue
+        shape = np.load(data_file, mmap_mode="r").shape[1:]
+        seg = logits_to_next_stage_segmentation(logits, plans, configuration, shape, dataset_json)
+        ps.save_next_stage_segmentation(stage.output_folder, case, seg)
+
+
+def predict_preprocessed_cases(predict: Callable, cases: Sequence[str], preprocessed_folder: Path, plans: dict,
+                               configuration: str, dataset_json: dict, output_folder: Path, reader_writer: ImageIO, *,
+                               mirror_axes: Sequence[int] | None, step_size: float = 0.5,
+                               previous_stage_dir: Path | None = None, next_stage_targets: Sequence[NextStage] = (),
+                               save_probabilities: bool = False, progress: bool = True) -> None:
+    """Predict ``cases`` of ``preprocessed_folder`` into ``output_folder/CASE<file_ending>``.
+
+    ``predict`` maps a batch of patches to logits (see :mod:`pnnunet.inference.static_graph`);
+    ``mirror_axes`` None or empty: no test-time mirroring.
+    """
+    plan = ConfigurationPlan.from_plans(plans, configuration)
+    labels = LabelInfo.from_dataset_json(dataset_json)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    if previous_stage_dir is not None:
+        ps.check_previous_stage_available(previous_stage_dir, list(cases), plan.previous_stage, configuration)
+    for case in tqdm(cases, desc="validation", disable=not progress):
+        data, _, props = load_preprocessed_case(preprocessed_folder, case, mmap=False)
+        if previous_stage_dir is not None:
+            prev = ps.load_previous_stage_segmentation(previous_stage_dir, case, data.shape[1:])
+            data = ps.append_previous_stage(data, prev, labels.foreground_labels)
+        logits = predict_sliding_window(predict, np.asarray(data), plan.patch_size, labels.num_segmentation_heads,
+                                        step_size=step_size, mirror_axes=tuple(mirror_axes or ()) or None)
+        del data
+        export_prediction(logits, props, plans, configuration, dataset_json, output_folder / case, reader_writer,
+                          save_probabilities=save_probabilities)
+        _export_next_stages(logits, case, plans, configuration, dataset_json, next_stage_targets)

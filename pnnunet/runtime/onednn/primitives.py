@@ -1,0 +1,256 @@
+"""oneDNN (transposed) convolution primitives: forward, backward-data and backward-weights for one
+geometry, created on first use and cached, float32 or bfloat16 (forward inference).
+
+Built on the C API binding in :mod:`.capi`; used by the Paddle layers in :mod:`.layers`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+
+import paddle
+
+from pnnunet.runtime.onednn.capi import (ARG_BIAS, ARG_DIFF_BIAS, ARG_DIFF_DST, ARG_DIFF_SRC, ARG_DIFF_WEIGHTS,
+                                         ARG_DST, ARG_SRC, ARG_WEIGHTS, BF16, CONV_DIRECT, DECONV_DIRECT, F32,
+                                         FWD_INFERENCE, FWD_TRAINING, MEMORY_ALLOCATE, Library, OneDNNError, dims,
+                                         library, onednn_available, plain_strides)
+
+log = logging.getLogger(__name__)
+
+# ---- one convolution configuration ------------------------------------------------------------
+
+
+class _Binding:
+    """One argument of a primitive: the user's plain layout, the primitive's layout, the reorder."""
+
+    def __init__(self, lib: Library, pd, arg: int, user_md, is_output: bool):
+        self.arg, self.user_md, self.is_output = arg, user_md, is_output
+        self.md = lib.query_md(pd, arg)
+        self.reorder = None
+        if not lib.equal(self.md, user_md):
+            self.reorder = lib.reorder(self.md, user_md) if is_output else lib.reorder(user_md, self.md)
+
+
+class _Step:
+    """A created primitive (forward, backward-data or backward-weights) and its bindings."""
+
+    def __init__(self, lib: Library, pd, bindings: Sequence[tuple[int, object, bool]]):
+        self.lib, self.impl = lib, lib.impl_name(pd)
+        self.bindings = [_Binding(lib, pd, arg, md, out) for arg, md, out in bindings]
+        self.prim = lib.primitive(pd)
+
+    def run(self, pointers: dict[int, int], shared: list | None = None) -> None:
+        """Execute on user buffers (``arg -> data pointer`` of contiguous float32 tensors).
+
+        ``shared`` (optional) collects the reordered copies of inputs as ``[user pointer, md,
+        memory]`` so that a later step of the same backward pass reuses them instead of reordering
+        the same tensor again; whoever passes it destroys its memories (:func:`_release`).
+        """
+        lib, args, created, after = self.lib, {}, [], []
+        try:
+            for b in self.bindings:
+                ptr = pointers[b.arg]
+                if b.reorder is not None and not b.is_output and shared is not None:
+                    hit = next((m for p, md, m in shared if p == ptr and lib.equal(md, b.md)), None)
+                    if hit is not None:
+                        args[b.arg] = hit
+                        continue
+                user = lib.memory(b.user_md, ctypes.c_void_p(ptr))
+                created.append(user)
+                if b.reorder is None:
+                    args[b.arg] = user
+                    continue
+                inner = lib.memory(b.md, MEMORY_ALLOCATE)
+                args[b.arg] = inner
+                if b.is_output:
+                    created.append(inner)
+                    after.append((b.reorder, inner, user))
+                    continue
+                lib.execute(b.reorder, {ARG_SRC: user, ARG_DST: inner})
+                if shared is None:
+                    created.append(inner)
+                else:
+                    shared.append((ptr, b.md, inner))
+            lib.execute(self.prim, args)
+            for reorder, inner, user in after:
+                lib.execute(reorder, {ARG_SRC: inner, ARG_DST: user})
+            lib.call("dnnl_stream_wait", lib.stream)
+        finally:
+            for mem in created:
+                lib.lib.dnnl_memory_destroy(mem)
+
+
+def release_shared(lib: Library, shared: list) -> None:
+    for _, _, mem in shared:
+        lib.lib.dnnl_memory_destroy(mem)
+    shared.clear()
+
+
+class _ConvPlan:
+    """oneDNN primitives for one (transposed) convolution geometry, created on first use.
+
+    Parameters
+    ----------
+    transposed : deconvolution (Paddle ``Conv*DTranspose``) instead of convolution
+    x_shape, y_shape : input / output shapes ``(N, C, *spatial)``
+    w_shape : the Paddle weight shape: ``[out, in, *k]`` (conv) or ``[in, out, *k]`` (transposed)
+    stride, padding : per spatial axis (symmetric padding as Paddle's)
+    has_bias : the layer adds a bias of shape ``[out]``
+    precision : ``"f32"``, or ``"bf16"`` (forward inference only: input and weights rounded to
+        bfloat16, float32 accumulation and output; see :func:`bf16_supported`)
+    """
+
+    def __init__(self, transposed: bool, x_shape, w_shape, y_shape, stride, padding, has_bias: bool,
+                 precision: str = "f32"):
+        self.lib = lib = library()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.transposed, self.has_bias, self.precision = transposed, has_bias, precision
+        nsp = len(x_shape) - 2
+        kernel = list(w_shape[2:])
+        if transposed:
+            c_in, c_out = w_shape[0], w_shape[1]
+            ksz = 1
+            for k in kernel:
+                ksz *= k
+            # logical oneDNN weights (out, in, *k) over Paddle's physical (in, out, *k)
+            w_logical = [c_out, c_in, *kernel]
+            w_strides = [ksz, c_out * ksz, *plain_strides(kernel)]
+        else:
+            w_logical, w_strides = list(w_shape), plain_strides(w_shape)
+        c_out = w_logical[0]
+        pad_l = [int(p) for p in padding]
+        if transposed:
+            pad_r = [(x_shape[2 + i] - 1) * stride[i] + kernel[i] - y_shape[2 + i] - pad_l[i] for i in range(nsp)]
+        else:
+            pad_r = [(y_shape[2 + i] - 1) * stride[i] + kernel[i] - x_shape[2 + i] - pad_l[i] for i in range(nsp)]
+        self.geometry = (dims(stride), dims([0] * nsp), dims(pad_l), dims(pad_r))
+        self.x_md, self.y_md = lib.md_plain(x_shape), lib.md_plain(y_shape)
+        self.w_md = lib.md_plain(w_logical, w_strides)
+        self.b_md = lib.md_plain([c_out]) if has_bias else None
+        self.shapes = (list(x_shape), list(w_logical), list(y_shape), [c_out])
+        self.alg = DECONV_DIRECT if transposed else CONV_DIRECT
+        self.kind = "deconvolution" if transposed else "convolution"
+        self.fwd_pd = None
+        self._fwd = self._bwd_data = self._bwd_weights = None
+
+    def _primitive_desc(self, which: str, *args, with_bias: bool = False):
+        """Create a primitive descriptor whose tensors may take any layout (``*args`` follow them)."""
+        x, w, y, b = self.shapes
+        lib = self.lib
+        low = BF16 if self.precision == "bf16" else F32  # the output and bias stay float32
+        mds = [lib.md_any(x, low), lib.md_any(w, low), lib.md_any(y), lib.md_any(b) if with_bias else None]
+        x_md, w_md, y_md, b_md = mds
+        try:
+            if which == "forward":
+                prop = FWD_INFERENCE if self.precision == "bf16" else FWD_TRAINING
+                return lib._new(f"dnnl_{self.kind}_forward_primitive_desc_create", lib.engine, prop,
+                                self.alg, x_md, w_md, b_md, y_md, *self.geometry, None)
+            if which == "backward_data":
+                return lib._new(f"dnnl_{self.kind}_backward_data_primitive_desc_create", lib.engine, self.alg,
+                                x_md, w_md, y_md, *self.geometry, *args)
+            return lib._new(f"dnnl_{self.kind}_backward_weights_primitive_desc_create", lib.engine, self.alg,
+                            x_md, w_md, b_md, y_md, *self.geometry, *args)
+        finally:
+            for md in mds:
+                if md is not None:
+                    lib.lib.dnnl_memory_desc_destroy(md)
+
+    def _forward_pd(self):
+        if self.fwd_pd is None:  # kept: the backward primitives need it as their hint
+            self.fwd_pd = self._primitive_desc("forward", with_bias=self.has_bias)
+        return self.fwd_pd
+
+    def _step(self, pd, bindings, keep_pd: bool = False) -> _Step:
+        try:
+            return _Step(self.lib, pd, bindings)
+        finally:
+            if not keep_pd:
+                self.lib.lib.dnnl_primitive_desc_destroy(pd)
+
+    def forward(self) -> _Step:
+        """Forward (training) primitive: ``SRC, WEIGHTS[, BIAS] -> DST``."""
+        if self._fwd is None:
+            binds = [(ARG_SRC, self.x_md, False), (ARG_WEIGHTS, self.w_md, False), (ARG_DST, self.y_md, True)]
+            if self.has_bias:
+                binds.append((ARG_BIAS, self.b_md, False))
+            self._fwd = self._step(self._forward_pd(), binds, keep_pd=True)
+        return self._fwd
+
+    def _check_trainable(self) -> None:
+        if self.precision != "f32":
+            raise OneDNNError(f"{self.precision} convolutions are for inference only (no gradients)")
+
+    def backward_data(self) -> _Step:
+        """Backward-data primitive: ``DIFF_DST, WEIGHTS -> DIFF_SRC``."""
+        self._check_trainable()
+        if self._bwd_data is None:
+            pd = self._primitive_desc("backward_data", self._forward_pd(), None)
+            self._bwd_data = self._step(pd, [(ARG_DIFF_DST, self.y_md, False), (ARG_WEIGHTS, self.w_md, False),
+                                             (ARG_DIFF_SRC, self.x_md, True)])
+        return self._bwd_data
+
+    def backward_weights(self) -> _Step:
+        """Backward-weights primitive: ``SRC, DIFF_DST -> DIFF_WEIGHTS[, DIFF_BIAS]``."""
+        self._check_trainable()
+        if self._bwd_weights is None:
+            pd = self._primitive_desc("backward_weights", self._forward_pd(), None, with_bias=self.has_bias)
+            binds = [(ARG_SRC, self.x_md, False), (ARG_DIFF_DST, self.y_md, False),
+                     (ARG_DIFF_WEIGHTS, self.w_md, True)]
+            if self.has_bias:
+                binds.append((ARG_DIFF_BIAS, self.b_md, True))
+            self._bwd_weights = self._step(pd, binds)
+        return self._bwd_weights
+
+
+_PLANS: dict[tuple, _ConvPlan] = {}
+_MAX_PLANS = 512
+PRECISIONS = ("f32", "bf16")
+
+
+def plan_for(transposed: bool, x_shape, w_shape, y_shape, stride, padding, has_bias: bool,
+          precision: str = "f32") -> _ConvPlan:
+    key = (transposed, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(stride), tuple(padding), has_bias,
+           precision)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:  # e.g. prediction of many differently sized inputs
+            _PLANS.clear()
+        plan = _PLANS[key] = _ConvPlan(transposed, x_shape, w_shape, y_shape, stride, padding, has_bias, precision)
+    return plan
+
+
+def output_shape(transposed: bool, x_shape, w_shape, stride, padding) -> list[int]:
+    nsp = len(x_shape) - 2
+    kernel = w_shape[2:]
+    if transposed:
+        spatial = [(x_shape[2 + i] - 1) * stride[i] - 2 * padding[i] + kernel[i] for i in range(nsp)]
+        return [x_shape[0], w_shape[1], *spatial]
+    spatial = [(x_shape[2 + i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in range(nsp)]
+    return [x_shape[0], w_shape[0], *spatial]
+
+
+def contiguous(t: paddle.Tensor) -> paddle.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+_BF16_SUPPORT: bool | None = None
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs oneDNN bfloat16 convolutions natively (AVX512-BF16 or AMX), i.e. faster
+    than float32; emulated implementations do not count."""
+    global _BF16_SUPPORT
+    if _BF16_SUPPORT is None:
+        _BF16_SUPPORT = False
+        if onednn_available():
+            try:
+                plan = _ConvPlan(False, [1, 16, 8, 8, 8], [16, 16, 3, 3, 3], [1, 16, 8, 8, 8], [1, 1, 1], [1, 1, 1],
+                                 True, "bf16")
+                impl = plan.forward().impl
+                _BF16_SUPPORT = "bf16" in impl or "amx" in impl
+                log.debug("oneDNN bf16 convolution: %s", impl)
+            except OneDNNError as e:
+                log.debug("oneDNN bf16 convolution unavailable: %s", e)
+    return _BF16_SUPPORT
