@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +15,9 @@ from pnnunet.defaults import DEFAULT_PLANS, DEFAULT_TRAINER, model_dir_name, par
 from pnnunet.fileio import load_json
 from pnnunet.paths import env_int
 from pnnunet.plans import load_plans
-from pnnunet.runtime.device import import_paddle, pick_device
+from pnnunet.errors import PnnunetError
+from pnnunet.runtime import distributed as dist
+from pnnunet.runtime.device import gpu_count, import_paddle, parse_device, pick_device, set_cpu_threads
 from pnnunet.training.config import make_train_config
 from pnnunet.training.pretrained import load_pretrained_weights
 
@@ -30,7 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-tr", default=DEFAULT_TRAINER, help="trainer variant, e.g. pnnunetTrainer_5epochs "
                                                        "(upstream nnUNetTrainer_* names are accepted)")
     p.add_argument("-p", default=DEFAULT_PLANS, help=f"plans name (default {DEFAULT_PLANS})")
-    p.add_argument("-device", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
+    p.add_argument("-device", default="auto",
+                   help="auto (GPU when Paddle sees one), cpu, gpu, or gpu:K for card K (as numbered after "
+                        "CUDA_VISIBLE_DEVICES)")
+    p.add_argument("-num_gpus", "--num_gpus", type=int, default=1,
+                   help="data-parallel training in N processes on this machine, one per GPU (NCCL); with -device "
+                        "cpu, N CPU processes (gloo). The plan's batch is split over them. Under "
+                        "'python -m paddle.distributed.launch' the processes come from the launcher instead")
     p.add_argument("--npz", action="store_true", help="also save validation probabilities (needed for ensembling)")
     p.add_argument("--c", "--continue", dest="resume", action="store_true", help="resume from the last checkpoint")
     p.add_argument("--val", action="store_true", help="only run the final validation (needs checkpoint_final)")
@@ -51,10 +60,49 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+def _devices(args: argparse.Namespace, ctx: dist.DistContext) -> str:
+    """The device of this process; checks -device against -num_gpus and the visible GPUs."""
+    kind, index = parse_device(args.device)
+    if args.num_gpus < 1:
+        raise PnnunetError(f"-num_gpus {args.num_gpus}: must be at least 1")
+    if not ctx.is_distributed:
+        if args.num_gpus == 1:
+            return pick_device(args.device)
+        if index is not None:
+            raise PnnunetError(f"-device {args.device} names one card, -num_gpus {args.num_gpus} asks for several\n"
+                               f"  fix: choose the cards with CUDA_VISIBLE_DEVICES, e.g. CUDA_VISIBLE_DEVICES=0,1 "
+                               f"pnnunet_train ... -num_gpus 2 (without -device gpu:K)")
+        n = gpu_count()
+        if kind == "cpu":
+            return "cpu"
+        if n < args.num_gpus:
+            raise PnnunetError(f"-num_gpus {args.num_gpus}: Paddle sees {n} GPU(s)\n  fix: use -num_gpus {n} or "
+                               f"fewer" + (" (check CUDA_VISIBLE_DEVICES)" if n else "; for data-parallel "
+                                           f"training in CPU processes add -device cpu") )
+        return "gpu"
+    # one rank of a data-parallel job
+    if kind == "cpu" or (kind == "auto" and gpu_count() == 0):
+        device = pick_device("cpu")
+        set_cpu_threads(max(1, (os.cpu_count() or 1) // ctx.local_world_size))
+        return device
+    return pick_device(f"gpu:{dist.selected_gpu()}")
+
+
+def _launch(args: argparse.Namespace, argv: list[str], device: str, global_batch: int) -> int:
+    dist.rank_batch_sizes(global_batch, args.num_gpus)  # the batch must split: a clear error before any start
+    log.info("pnnunet_train: %d data-parallel processes on %s", args.num_gpus,
+             "GPUs (NCCL)" if device != "cpu" else "CPU (gloo)")
+    return dist.launch_local([sys.executable, "-m", "pnnunet.cli.train", *argv], args.num_gpus, gpu=device != "cpu")
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     import_paddle()  # the install hint, before anything that needs Paddle is imported
     from pnnunet.training.trainer import Trainer, TrainingJob  # deferred: imports Paddle at load time
 
+    ctx = dist.DistContext.from_env()
+    if ctx.is_distributed:
+        dist.tie_to_launcher()
+    device = _devices(args, ctx)
     fold = parse_fold(args.fold)
     roots = get_roots()
     name = resolve_dataset(args.dataset, roots.raw, roots.preprocessed, dataset_id=args.dataset_id)
@@ -67,16 +115,23 @@ def _run(args: argparse.Namespace) -> int:
                             val_iterations_per_epoch=args.val_iterations_per_epoch, save_every=args.save_every,
                             num_workers=workers, seed=args.seed,
                             fast_cpu_convolutions=False if args.no_fast_cpu else None)
-    device = pick_device(args.device)
     model_dir = roots.results / name / model_dir_name(args.tr, args.p, args.configuration)
     job = TrainingJob(pre_dir, model_dir, plans, args.configuration, fold, dataset_json, args.tr, cfg,
-                      device, progress_bar=not args.no_pbar)
+                      device, progress_bar=not args.no_pbar, dist=ctx)
     trainer = Trainer(job)
     trainer.check_inputs()  # a clear error before the fold folder and its log are created
+    if not ctx.is_distributed and args.num_gpus > 1:
+        return _launch(args, argv, device, trainer.plan.batch_size)
     job.fold_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(job.fold_dir / "training_log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    logging.getLogger().addHandler(handler)
+    if ctx.is_distributed:
+        dist.init_process_group(ctx)
+    handler = None
+    if ctx.is_main:  # one training_log.txt, written by rank 0
+        handler = logging.FileHandler(job.fold_dir / "training_log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+    else:
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         if not (args.val or args.val_best):
             if args.pretrained_weights is not None:
@@ -85,15 +140,19 @@ def _run(args: argparse.Namespace) -> int:
         summary = trainer.final_validation("checkpoint_best" if args.val_best else "checkpoint_final",
                                            save_probabilities=args.npz)
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    if not ctx.is_main:
+        return 0
     print(f"fold {job.fold}: mean foreground Dice {summary['foreground_mean']['Dice']:.4f} "
           f"({job.fold_dir / 'validation' / 'summary.json'})")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_run, _parser(), argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda args: _run(args, argv), _parser(), argv)
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ class Predictor:
             set_cpu_threads(self.num_threads)
 
         self.precision = resolve_precision(precision, self.device)
-        self.tile_batch_size = int(tile_batch_size or DEFAULT_TILE_BATCH[self.device, len(plan.patch_size)])
+        self.tile_batch_size = int(tile_batch_size or DEFAULT_TILE_BATCH[self.device.partition(":")[0], len(plan.patch_size)])
         try:
             self.accumulation_dtype = check_accumulation_dtype(accumulation_dtype)
         except (TypeError, ValueError) as e:

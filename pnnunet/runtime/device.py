@@ -20,26 +20,62 @@ def import_paddle():
     return paddle
 
 
-def pick_device(requested: str | None = "auto") -> str:
-    """'gpu' when requested or (auto) when Paddle sees a CUDA device, else 'cpu'; sets Paddle's device."""
+def gpu_count() -> int:
+    """CUDA devices Paddle sees (0 on a CPU build)."""
     paddle = import_paddle()
-    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-    requested = (requested or "auto").lower()
-    if requested in ("gpu", "cuda"):
-        if not has_gpu:
-            raise PnnunetError("-device gpu was requested but Paddle sees no GPU\n  fix: install paddlepaddle-gpu "
-                               "matching your CUDA, or use -device cpu")
-        device = "gpu"
-    elif requested == "cpu":
+    if not paddle.device.is_compiled_with_cuda():
+        return 0
+    return int(paddle.device.cuda.device_count())
+
+
+def parse_device(requested: str | None) -> tuple[str, int | None]:
+    """``auto``/``cpu``/``gpu``/``cuda``/``gpu:K``/``cuda:K`` → (kind, index or None)."""
+    text = (requested or "auto").strip().lower()
+    kind, _, index = text.partition(":")
+    if kind == "cuda":
+        kind = "gpu"
+    if kind not in ("auto", "cpu", "gpu") or (index and (kind != "gpu" or not index.isdigit())):
+        raise PnnunetError(f"unknown device '{requested}'\n  fix: use -device cpu, gpu, gpu:K (K = card index) "
+                           "or auto")
+    return kind, int(index) if index else None
+
+
+def pick_device(requested: str | None = "auto") -> str:
+    """'gpu' (or 'gpu:K' when a card was named) when requested or (auto) when Paddle sees a CUDA
+    device, else 'cpu'; sets Paddle's device."""
+    paddle = import_paddle()
+    kind, index = parse_device(requested)
+    n_gpus = gpu_count()
+    if kind == "gpu":
+        if n_gpus == 0:
+            raise PnnunetError(f"-device {requested} was requested but Paddle sees no GPU\n  fix: install "
+                               "paddlepaddle-gpu matching your CUDA, or use -device cpu")
+        if index is not None and index >= n_gpus:
+            raise PnnunetError(f"-device {requested}: Paddle sees {n_gpus} GPU(s) (gpu:0 … gpu:{n_gpus - 1})\n"
+                               "  fix: name a visible card; CUDA_VISIBLE_DEVICES renumbers the cards from 0")
+        device = "gpu" if index is None else f"gpu:{index}"
+    elif kind == "cpu":
         device = "cpu"
-    elif requested == "auto":
-        device = "gpu" if has_gpu else "cpu"
     else:
-        raise PnnunetError(f"unknown device '{requested}'\n  fix: use -device cpu, gpu or auto")
+        device = "gpu" if n_gpus else "cpu"
     paddle.set_device(device)
     if device == "cpu":
         set_cpu_threads()
     return device
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is Paddle running out of (GPU or host) memory.
+
+    Paddle 2.6 and 3.x raise ``MemoryError`` whose message starts ``(ResourceExhausted)`` (an
+    allocation failure: ``BadAlloc`` / "Out of memory error on GPU 0"); CUDA libraries may fail with
+    a RuntimeError naming an allocation failure instead."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error)
+    markers = ("ResourceExhausted", "Out of memory", "out of memory", "CUDNN_STATUS_ALLOC_FAILED",
+               "CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation", "BadAlloc")
+    return isinstance(error, (RuntimeError, OSError, SystemError)) and any(m in text for m in markers)
 
 
 def set_cpu_threads(n: int | None = None) -> int:

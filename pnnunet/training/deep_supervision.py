@@ -28,11 +28,14 @@ def ds_scales(strides: Sequence[Sequence[int]]) -> list[list[float]]:
     return [[float(v) for v in row] for row in (1.0 / np.cumprod(strides, axis=0))[:-1]]
 
 
-def ds_weights(n_stages: int) -> np.ndarray:
+def ds_weights(n_stages: int, ddp: bool = False) -> np.ndarray:
     """Loss weights of the ``n_stages - 1`` deep-supervision outputs (§5.5, Appendix B).
 
     ``w_i = 1 / 2**i``, the lowest-resolution weight set to 0, normalised to sum 1:
     4 stages → ``[2/3, 1/3, 0]``. Returns float64 of shape (n_stages - 1,).
+    ``ddp``: data-parallel training sets the lowest weight to 1e-6 instead of 0, as upstream, so
+    that the lowest head's parameters get a gradient on every rank (``paddle.DataParallel`` fails
+    on parameters without one unless ``find_unused_parameters`` traverses the graph every step).
     """
     if n_stages < 2:
         raise ValueError(f"deep supervision needs at least 2 stages, got {n_stages}")
@@ -41,7 +44,7 @@ def ds_weights(n_stages: int) -> np.ndarray:
         # divides 0/0 (NaN loss); the single output gets weight 1 here.
         return np.ones(1)
     weights = 1.0 / 2.0 ** np.arange(n_stages - 1)
-    weights[-1] = 0.0
+    weights[-1] = 1e-6 if ddp else 0.0
     return weights / weights.sum()
 
 

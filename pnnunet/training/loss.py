@@ -13,6 +13,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from pnnunet.runtime.distributed import all_gather_sum
+
 DICE_SMOOTH = 1e-5
 DICE_CLAMP = 1e-8
 
@@ -43,11 +45,19 @@ class SoftDiceLoss(nn.Layer):
     batch_dice : sum I, P, G over the batch before the ratio (plans' ``batch_dice``).
     do_bg : include the background channel (False in label mode).
     smooth : ``s``, 1e-5 in nnU-Net.
+    ddp : data-parallel training (upstream's ``ddp``): with ``batch_dice`` the sums ``I, P, G`` are
+        those of the global batch, gathered from all ranks in float32, so every rank's Dice term
+        is the global-batch Dice; its gradient is scaled by the number of ranks so that after
+        ``DataParallel``'s gradient average the step equals one process's on the global batch
+        (what upstream's ``AllGatherGrad``, all-reducing the gradient in backward, achieves;
+        here without a collective in the backward pass).
     """
 
-    def __init__(self, batch_dice: bool = False, do_bg: bool = False, smooth: float = DICE_SMOOTH):
+    def __init__(self, batch_dice: bool = False, do_bg: bool = False, smooth: float = DICE_SMOOTH,
+                 ddp: bool = False):
         super().__init__()
         self.batch_dice, self.do_bg, self.smooth = bool(batch_dice), bool(do_bg), float(smooth)
+        self.ddp = bool(ddp)
 
     def forward(
         self, logits: paddle.Tensor, target: paddle.Tensor, loss_mask: paddle.Tensor | None = None
@@ -76,8 +86,16 @@ class SoftDiceLoss(nn.Layer):
             sum_gt = paddle.sum(y * mask, axis=axes)
         if self.batch_dice:
             intersect, sum_pred, sum_gt = intersect.sum(axis=0), sum_pred.sum(axis=0), sum_gt.sum(axis=0)
+        gathered = self.ddp and self.batch_dice
+        if gathered:
+            # value: the global sums; gradient: through this rank's own sums only
+            intersect, sum_pred, sum_gt = (t + (all_gather_sum(t) - t.detach()) for t in (intersect, sum_pred, sum_gt))
         dc = (2.0 * intersect + self.smooth) / paddle.clip(sum_gt + sum_pred + self.smooth, min=DICE_CLAMP)
-        return -dc.mean()
+        loss = -dc.mean()
+        if gathered:
+            world = paddle.distributed.get_world_size()
+            loss = loss + (world - 1) * (loss - loss.detach())  # same value, gradient x world
+        return loss
 
 
 class DCandCELoss(nn.Layer):
@@ -94,6 +112,7 @@ class DCandCELoss(nn.Layer):
     ignore_label : integer label value to ignore, or None.
     weight_ce, weight_dice : term weights (1, 1 in nnU-Net); a zero weight skips the term.
     smooth : Dice smoothing.
+    ddp : data-parallel training, see :class:`SoftDiceLoss`.
     """
 
     def __init__(
@@ -103,11 +122,12 @@ class DCandCELoss(nn.Layer):
         weight_ce: float = 1.0,
         weight_dice: float = 1.0,
         smooth: float = DICE_SMOOTH,
+        ddp: bool = False,
     ):
         super().__init__()
         self.ignore_label = None if ignore_label is None else int(ignore_label)
         self.weight_ce, self.weight_dice = float(weight_ce), float(weight_dice)
-        self.dice = SoftDiceLoss(batch_dice=batch_dice, do_bg=False, smooth=smooth)
+        self.dice = SoftDiceLoss(batch_dice=batch_dice, do_bg=False, smooth=smooth, ddp=ddp)
 
     def forward(self, logits: paddle.Tensor, target: paddle.Tensor) -> paddle.Tensor:
         """logits (B, C, *spatial); target (B, 1, *spatial) integer labels. Returns a scalar tensor."""

@@ -28,6 +28,7 @@ class ProgressLog:
     lrs: list[float] = field(default_factory=list)
     epoch_start_timestamps: list[float] = field(default_factory=list)
     epoch_end_timestamps: list[float] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)  # AMP steps skipped for inf/nan gradients
     best_ema: float | None = None
 
     def to_dict(self) -> dict:
@@ -38,7 +39,7 @@ class ProgressLog:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def record_epoch(self, lr: float, start: float, train_loss: float, val_loss: float, dice_per_class: list[float],
-                     alpha: float = 0.9) -> bool:
+                     alpha: float = 0.9, skipped_steps: int = 0) -> bool:
         """Append one epoch; return True if the EMA pseudo-Dice is a new best (strictly greater)."""
         mean_fg = float(np.nanmean(dice_per_class)) if len(dice_per_class) else float("nan")
         ema = mean_fg if not self.ema_fg_dice else alpha * self.ema_fg_dice[-1] + (1 - alpha) * mean_fg
@@ -47,6 +48,9 @@ class ProgressLog:
         self.epoch_end_timestamps.append(time.time())
         self.train_losses.append(train_loss)
         self.val_losses.append(val_loss)
+        # a log resumed from a checkpoint written before this field existed: pad with zeros
+        self.skipped_steps.extend([0] * (len(self.train_losses) - 1 - len(self.skipped_steps)))
+        self.skipped_steps.append(int(skipped_steps))
         self.dice_per_class.append([float(d) for d in dice_per_class])
         self.mean_fg_dice.append(mean_fg)
         self.ema_fg_dice.append(ema)
@@ -60,7 +64,8 @@ class ProgressLog:
         dice = ", ".join(f"{d:.4f}" for d in self.dice_per_class[-1])
         secs = self.epoch_end_timestamps[-1] - self.epoch_start_timestamps[-1]
         return (f"epoch {epoch} | train_loss {self.train_losses[-1]:.4f} | val_loss {self.val_losses[-1]:.4f} | "
-                f"pseudo_dice [{dice}] | ema {self.ema_fg_dice[-1]:.4f} | lr {self.lrs[-1]:.6g} | {secs:.1f} s")
+                f"pseudo_dice [{dice}] | ema {self.ema_fg_dice[-1]:.4f} | lr {self.lrs[-1]:.6g} | "
+                f"skipped_steps {self.skipped_steps[-1] if self.skipped_steps else 0} | {secs:.1f} s")
 
     def plot(self, path: Path) -> None:
         """Write the 3-panel progress plot (losses + pseudo Dice, epoch times, learning rate)."""

@@ -4,6 +4,13 @@
 :meth:`Trainer.final_validation` predicts the fold's held-out cases and writes
 ``validation/summary.json``. The whole session runs inside ``paddle.utils.unique_name.guard()``
 so that optimizer state restores bit-exactly (see checkpoints.py).
+
+On a GPU the steps run under float16 autocast with a GradScaler (:mod:`pnnunet.runtime.amp`); on
+a CPU in float32. With ``job.dist`` of more than one rank the same trainer runs in every process of
+a data-parallel job (:mod:`pnnunet.runtime.distributed`): the network is wrapped in
+``paddle.DataParallel``, each rank draws its share of the plan's batch, epoch statistics are
+summed over the ranks, rank 0 alone writes checkpoints, logs and plots, and the final validation
+is split over the ranks.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from pnnunet.plans import ConfigurationPlan
 from pnnunet.preprocessing.previous_stage import (check_previous_stage_available, next_stage_folder,
                                                   num_network_inputs)
 from pnnunet.preprocessing.storage import list_cases
+from pnnunet.runtime import amp
 from pnnunet.runtime import checkpoints as ck
-from pnnunet.runtime.device import import_paddle
+from pnnunet.runtime import distributed as dist
+from pnnunet.runtime.device import import_paddle, is_out_of_memory
 from pnnunet.runtime.network import build_network
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.training.augmentation import make_batch_iterators
@@ -39,7 +48,7 @@ from pnnunet.training.pretrained import apply_pretrained_weights
 from pnnunet.training.progress import ProgressLog
 from pnnunet.training.sampling import rotation_and_mirroring
 from pnnunet.training.splits import get_fold, load_or_create_splits
-from pnnunet.training.validation import validate_fold
+from pnnunet.training.validation import summarize_validation, validate_fold
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +65,9 @@ class TrainingJob:
     dataset_json: dict
     trainer_name: str
     config: TrainConfig = field(default_factory=TrainConfig)
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu", "gpu" or "gpu:K"
     progress_bar: bool = True
+    dist: dist.DistContext = field(default_factory=dist.DistContext)
 
     @property
     def fold_dir(self) -> Path:
@@ -102,28 +112,44 @@ class Trainer:
         self.progress = ProgressLog()
         self.current_epoch = 0
         self.pretrained_weights: dict | None = None  # applied to a fresh (not resumed) network
+        self.dist = job.dist
+        self.precision = amp.precision_of(job.device)
+        self.skipped_steps = 0  # AMP steps skipped because of inf/nan gradients, this epoch
+        self.batch_size, self.oversample = dist.rank_batch_and_oversample(
+            self.plan.batch_size, self.dist.world_size, self.dist.rank, self.cfg.oversample_foreground)
 
     # ---- building blocks -------------------------------------------------------------------
-    def _build(self):
+    def build(self) -> None:
+        """Network (``self.network``; ``self.model`` is what the steps call: the network, or its
+        ``paddle.DataParallel`` wrapper), optimizer, loss and GradScaler. Call it inside
+        ``paddle.utils.unique_name.guard()`` after seeding (as :meth:`fit` does)."""
         paddle = import_paddle()
+        ddp = self.dist.is_distributed
         self.network = build_network(self.plan.raw, self.num_input_channels, self.num_heads, deep_supervision=True)
         if self.job.device == "cpu" and self.cfg.fast_cpu_convolutions:
             log.debug("CPU: %d convolution layers run through oneDNN", accelerate_convolutions(self.network))
+        # the optimizer's global-norm clip runs inside optimizer.step(), i.e. after the scaler's unscale_
         self.optimizer = paddle.optimizer.Momentum(
             learning_rate=self.cfg.initial_lr, momentum=self.cfg.momentum, use_nesterov=True,
             weight_decay=paddle.regularizer.L2Decay(self.cfg.weight_decay), parameters=self.network.parameters(),
             grad_clip=paddle.nn.ClipGradByGlobalNorm(self.cfg.grad_clip_norm))
-        weights = ds_weights(self.plan.arch_kwargs["n_stages"])
+        weights = ds_weights(self.plan.arch_kwargs["n_stages"], ddp=ddp)
         self.loss = DeepSupervisionLoss(DCandCELoss(batch_dice=self.plan.batch_dice,
-                                                    ignore_label=self.labels.ignore_label), weights)
-        self.amp = self.job.device == "gpu"
-        self.scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 16) if self.amp else None
+                                                    ignore_label=self.labels.ignore_label, ddp=ddp), weights)
+        # every parameter gets a gradient every step (lowest DS weight 1e-6 under DDP): no graph traversal
+        self.model = paddle.DataParallel(self.network, find_unused_parameters=False) if ddp else self.network
+        self.autocast = amp.autocast_kwargs(self.job.device)
+        self.scaler = amp.make_grad_scaler(self.job.device)
+
+    _build = build
 
     def _payload(self) -> dict:
         return {
             "network_weights": self.network.state_dict(),
             "optimizer_state": ck.optimizer_state_by_structured_names(self.network, self.optimizer),
             "grad_scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
+            "precision": self.precision,
+            "world_size": self.dist.world_size,
             "logging": self.progress.to_dict(),
             "current_epoch": self.current_epoch,
             "init_args": {"plans": self.job.plans, "configuration": self.job.configuration, "fold": self.job.fold,
@@ -135,7 +161,8 @@ class Trainer:
         }
 
     def _save(self, name: str) -> None:
-        ck.save_checkpoint(ck.checkpoint_path(self.job.fold_dir, name), self._payload())
+        if self.dist.is_main:  # one writer in a data-parallel job
+            ck.save_checkpoint(ck.checkpoint_path(self.job.fold_dir, name), self._payload())
 
     def _restore(self, path: Path) -> None:
         state = ck.load_checkpoint(path)
@@ -155,33 +182,55 @@ class Trainer:
         return list(rotation_and_mirroring(self.plan.patch_size)["mirror_axes"])
 
     # ---- steps --------------------------------------------------------------------------------
-    def _train_step(self, batch: dict) -> float:
+    def train_step(self, batch: dict) -> float:
+        """One optimizer step on ``batch`` (``data`` and the deep-supervision ``target`` list, this
+        rank's share); returns the loss. Counts AMP steps skipped for inf/nan gradients in
+        ``self.skipped_steps``; running out of memory is a :class:`PnnunetError` with the fix."""
+        try:
+            loss, skipped = self._forward_backward_step(batch)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is translated, the rest re-raised
+            if is_out_of_memory(e):
+                raise self._out_of_memory_error(batch, e) from None
+            raise
+        self.skipped_steps += int(skipped)
+        return loss
+
+    def _forward_backward_step(self, batch: dict) -> tuple[float, bool]:
         paddle = import_paddle()
         data = paddle.to_tensor(batch["data"])
         targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in batch["target"]]
         self.optimizer.clear_grad()
-        if self.amp:
-            with paddle.amp.auto_cast():
-                out = self.network(data)
-                loss = self.loss(out, targets)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)  # unscales before the optimizer's global-norm clip
-            self.scaler.update()
-        else:
-            out = self.network(data)
+        with paddle.amp.auto_cast(**self.autocast):
+            out = self.model(data)
             loss = self.loss(out, targets)
-            loss.backward()
-            self.optimizer.step()
-        return float(loss.numpy())
+        skipped = amp.scaled_backward_and_step(loss, self.optimizer, self.scaler)
+        return float(loss.numpy()), skipped
+
+    _train_step = train_step
+
+    def _out_of_memory_error(self, batch: dict, error: BaseException) -> PnnunetError:
+        shape = list(np.shape(batch["data"]))
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        dataset = self.job.preprocessed_dataset_dir.name
+        where = f"the GPU ({self.job.device})" if amp.amp_enabled_for(self.job.device) else "host memory (CPU)"
+        more = (f" or more GPUs (-num_gpus {2 * self.dist.world_size} splits the batch of {self.plan.batch_size})"
+                if amp.amp_enabled_for(self.job.device) else "")
+        return PnnunetError(
+            f"out of memory in {where} during a training step: a batch of shape {shape} (batch {self.batch_size} "
+            f"of patch {list(self.plan.patch_size)}, {self.precision}) of configuration {self.job.configuration} "
+            f"does not fit ({first})\n  fix: plan for less memory, e.g. pnnunet_plan_and_preprocess -d {dataset} "
+            f"-gpu_memory_target 6 (smaller patch and batch), then train again{more}; close other programs using "
+            "the device")
 
     def _val_step(self, batch: dict) -> tuple[float, np.ndarray]:
         """Loss and (tp, fp, fn) per foreground class of the highest-resolution output (§5.7)."""
         paddle = import_paddle()
         data = paddle.to_tensor(batch["data"])
         targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in batch["target"]]
-        out = self.network(data)
-        loss = float(self.loss(out, targets).numpy())
-        pred = out[0].argmax(axis=1).numpy()
+        with paddle.amp.auto_cast(**self.autocast):
+            out = self.model(data)
+            loss = float(self.loss(out, targets).numpy())
+        pred = out[0].astype("float32").argmax(axis=1).numpy()
         tgt = np.asarray(batch["target"][0])[:, 0]
         mask = tgt != self.labels.ignore_label if self.labels.ignore_label is not None else np.ones_like(tgt, bool)
         stats = np.zeros((len(self.labels.foreground_labels), 3), dtype=np.int64)
@@ -196,15 +245,22 @@ class Trainer:
         job, cfg = self.job, self.cfg
         train_ids, val_ids = self.check_inputs()
         job.fold_dir.mkdir(parents=True, exist_ok=True)
-        self._write_model_files()
-        log.info("pnnunet %s, paddle %s, device %s | %s fold %s: %d training, %d validation cases",
-                 pnnunet.__version__, paddle.__version__, job.device, job.configuration, job.fold, len(train_ids),
-                 len(val_ids))
+        if self.dist.is_main:
+            self._write_model_files()
+        log.info("pnnunet %s, paddle %s, device %s, precision %s | %s fold %s: %d training, %d validation cases",
+                 pnnunet.__version__, paddle.__version__, job.device, self.precision, job.configuration, job.fold,
+                 len(train_ids), len(val_ids))
         log.info("patch %s, batch %d, %d epochs x %d iterations (val %d)", list(self.plan.patch_size),
                  self.plan.batch_size, cfg.num_epochs, cfg.iterations_per_epoch, cfg.val_iterations_per_epoch)
+        if self.dist.is_distributed:
+            log.info("data parallel: %d processes, batch per process %s (foreground-forced samples %s)",
+                     self.dist.world_size, dist.rank_batch_sizes(self.plan.batch_size, self.dist.world_size),
+                     [round(b * dist.rank_batch_and_oversample(self.plan.batch_size, self.dist.world_size, r,
+                                                               cfg.oversample_foreground)[1])
+                      for r, b in enumerate(dist.rank_batch_sizes(self.plan.batch_size, self.dist.world_size))])
         with paddle.utils.unique_name.guard():
             paddle.seed(cfg.seed)
-            self._build()
+            self.build()
             if resume and (path := ck.latest_existing(job.fold_dir)) is not None:
                 self._restore(path)
             else:
@@ -217,8 +273,10 @@ class Trainer:
                 return
             folder = job.preprocessed_dataset_dir / self.plan.data_identifier
             train_iter, val_iter = make_batch_iterators(folder, self.plan, train_ids, val_ids, cfg.num_workers,
-                                                        seed=cfg.seed + 1000 * self.current_epoch,
-                                                        oversample_foreground=cfg.oversample_foreground,
+                                                        seed=dist.rank_seed(cfg.seed + 1000 * self.current_epoch,
+                                                                            self.dist.rank),
+                                                        batch_size=self.batch_size,
+                                                        oversample_foreground=self.oversample,
                                                         mirroring=cfg.mirroring,
                                                         previous_stage_folder=job.previous_stage_dir,
                                                         foreground_labels=self.labels.foreground_labels)
@@ -230,7 +288,9 @@ class Trainer:
                     if hasattr(it, "close"):
                         it.close()
             self._save("checkpoint_final")
-            ck.remove_if_exists(ck.checkpoint_path(job.fold_dir, "checkpoint_latest"))
+            if self.dist.is_main:
+                ck.remove_if_exists(ck.checkpoint_path(job.fold_dir, "checkpoint_latest"))
+            dist.barrier(self.dist)  # the other ranks validate with checkpoint_final
             log.info("training finished: %d epochs, best EMA pseudo-Dice %.4f", self.current_epoch,
                      self.progress.best_ema or float("nan"))
 
@@ -241,10 +301,11 @@ class Trainer:
         lr = set_epoch_lr(self.optimizer, epoch, cfg.num_epochs, cfg.initial_lr)
         self.network.train()
         losses = []
+        self.skipped_steps = 0
         bar = tqdm(range(cfg.iterations_per_epoch), desc=f"epoch {epoch}", leave=False,
-                   disable=not self.job.progress_bar)
+                   disable=not (self.job.progress_bar and self.dist.is_main))
         for _ in bar:
-            losses.append(self._train_step(next(train_iter)))
+            losses.append(self.train_step(next(train_iter)))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         self.network.eval()
         val_losses, stats = [], np.zeros((len(self.labels.foreground_labels), 3), dtype=np.int64)
@@ -253,20 +314,37 @@ class Trainer:
                 vl, st = self._val_step(next(val_iter))
                 val_losses.append(vl)
                 stats += st
+        train_loss, val_loss, stats, skipped = self._epoch_totals(losses, val_losses, stats)
         tp, fp, fn = stats[:, 0], stats[:, 1], stats[:, 2]
         with np.errstate(invalid="ignore", divide="ignore"):
             dice = (2 * tp / (2 * tp + fp + fn)).tolist()
-        is_best = self.progress.record_epoch(lr, start, float(np.mean(losses)),
-                                             float(np.mean(val_losses)) if val_losses else float("nan"), dice,
-                                             cfg.ema_alpha)
+        is_best = self.progress.record_epoch(lr, start, train_loss, val_loss, dice, cfg.ema_alpha,
+                                             skipped_steps=skipped)
         self.current_epoch = epoch + 1
-        log.info(self.progress.epoch_line(epoch))
+        if self.dist.is_main:
+            log.info(self.progress.epoch_line(epoch))
         if is_best:
-            log.info("new best EMA pseudo-Dice: %.4f", self.progress.best_ema)
+            if self.dist.is_main:
+                log.info("new best EMA pseudo-Dice: %.4f", self.progress.best_ema)
             self._save("checkpoint_best")
         if self.current_epoch % cfg.save_every == 0 and self.current_epoch != cfg.num_epochs:
             self._save("checkpoint_latest")
-        self.progress.plot(self.job.fold_dir / "progress.png")
+        if self.dist.is_main:
+            self.progress.plot(self.job.fold_dir / "progress.png")
+
+    def _epoch_totals(self, losses: list[float], val_losses: list[float],
+                      stats: np.ndarray) -> tuple[float, float, np.ndarray, int]:
+        """(train loss, val loss, pseudo-Dice tp/fp/fn per class, skipped steps) of the epoch over all
+        ranks: mean losses, summed counts (one float64 all-reduce). Every rank gets the same numbers,
+        so every rank keeps the same progress log and EMA."""
+        n_cls = stats.shape[0]
+        local = np.concatenate([[np.sum(losses), len(losses), np.sum(val_losses), len(val_losses),
+                                 self.skipped_steps], stats.reshape(-1).astype(np.float64)])
+        total = dist.sum_over_ranks(local, self.dist)
+        train_loss = total[0] / total[1] if total[1] else float("nan")
+        val_loss = total[2] / total[3] if total[3] else float("nan")
+        skipped = int(round(total[4] / self.dist.world_size))  # ranks skip together (same averaged gradients)
+        return float(train_loss), float(val_loss), np.rint(total[5:]).astype(np.int64).reshape(n_cls, 3), skipped
 
     def check_inputs(self) -> tuple[list[str], list[str]]:
         """The fold's (training, validation) cases, after checking that everything they need exists
@@ -305,11 +383,27 @@ class Trainer:
             raise PnnunetError(f"{path}: not found\n  fix: train this fold first (final validation needs "
                                f"{checkpoint}.pdparams)")
         with paddle.utils.unique_name.guard():
-            self._build()
+            self.build()
             state = ck.load_checkpoint(path)
             _check_compatible(state, self.job, path)
             self.network.set_state_dict(state["network_weights"])
         _, val_ids = self.split()
-        return validate_fold(self.network, self.job, self.plan, val_ids,
-                             state.get("inference_allowed_mirroring_axes", self.mirror_axes), path,
-                             save_probabilities)
+        mirror_axes = state.get("inference_allowed_mirroring_axes", self.mirror_axes)
+        if not self.dist.is_distributed:
+            validate_fold(self.network, self.job, self.plan, val_ids, mirror_axes, path, save_probabilities)
+            return summarize_validation(self.job, len(val_ids))
+        # data parallel: rank r predicts val_ids[r::N]; rank 0 exports the static graph first (one
+        # writer of the export cache) and computes the metrics once every rank is done
+        mine = dist.shard(val_ids, self.dist)
+        out_dir = self.job.fold_dir / "validation"
+        if self.dist.is_main:
+            dist.clear_markers(out_dir, "validation", self.dist)
+            validate_fold(self.network, self.job, self.plan, mine, mirror_axes, path, save_probabilities,
+                          after_export=lambda: dist.barrier(self.dist))
+        else:
+            dist.barrier(self.dist)
+            validate_fold(self.network, self.job, self.plan, mine, mirror_axes, path, save_probabilities)
+        dist.wait_for_ranks(out_dir, "validation", self.dist)
+        if not self.dist.is_main:
+            return {}
+        return summarize_validation(self.job, len(val_ids))

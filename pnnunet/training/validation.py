@@ -18,15 +18,20 @@ log = logging.getLogger(__name__)
 
 
 def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, checkpoint_path,
-                  save_probabilities: bool = False) -> dict:
+                  save_probabilities: bool = False, after_export=None) -> None:
+    """Predict ``val_ids`` (all held-out cases, or one rank's share) into ``fold_K/validation/``.
+
+    ``after_export`` is called once the predict function exists (a data-parallel job's rank 0
+    exports the static graph before the other ranks look for it)."""
     network.deep_supervision = False
     network.eval()
     # Paddle Inference (oneDNN) when it works, else the eager network
     predict, backend = make_predict_fn(lambda: network, checkpoint_path,
                                        num_network_inputs(job.dataset_json, plan.previous_stage),
                                        len(plan.patch_size), device=job.device)
+    if after_export is not None:
+        after_export()
     log.info("final validation uses the %s network", backend)
-    labels = LabelInfo.from_dataset_json(job.dataset_json)
     rw = reader_writer_by_name(job.plans["image_reader_writer"])
     out_dir = job.fold_dir / "validation"
     targets = next_stages(job.plans, job.configuration, job.preprocessed_dataset_dir, job.model_dir)
@@ -35,15 +40,22 @@ def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, checkpoin
                                job.configuration, job.dataset_json, out_dir, rw, mirror_axes=mirror_axes,
                                previous_stage_dir=job.previous_stage_dir, next_stage_targets=targets,
                                save_probabilities=save_probabilities, progress=job.progress_bar)
-    seconds = time.perf_counter() - t0
+    log.info("final validation: %d cases predicted in %.1f s", len(val_ids), time.perf_counter() - t0)
+    if targets:
+        log.info("inputs for %s written to %s", ", ".join(t.name for t in targets),
+                 ", ".join(str(t.output_folder) for t in targets))
+
+
+def summarize_validation(job, num_cases: int) -> dict:
+    """Per-case Dice of ``fold_K/validation/`` against the ground truth → ``summary.json``."""
+    labels = LabelInfo.from_dataset_json(job.dataset_json)
+    rw = reader_writer_by_name(job.plans["image_reader_writer"])
+    out_dir = job.fold_dir / "validation"
     summary = compute_metrics_on_folder(job.preprocessed_dataset_dir / "gt_segmentations", out_dir,
                                         out_dir / "summary.json", rw, job.dataset_json["file_ending"],
                                         labels.foreground_regions if labels.has_regions else labels.foreground_labels,
                                         labels.ignore_label, chill=True)
-    log.info("final validation: %d cases in %.1f s; mean foreground Dice %.4f (%s)", len(val_ids), seconds,
+    log.info("final validation: %d cases; mean foreground Dice %.4f (%s)", num_cases,
              summary["foreground_mean"]["Dice"],
              ", ".join(f"{labels.names.get(int(k), k)} {v['Dice']:.4f}" for k, v in summary["mean"].items()))
-    if targets:
-        log.info("inputs for %s written to %s", ", ".join(t.name for t in targets),
-                 ", ".join(str(t.output_folder) for t in targets))
     return summary
