@@ -82,3 +82,126 @@ def test_train_kill_resume_validate(workspace):
     assert again["foreground_mean"]["Dice"] == pytest.approx(summary["foreground_mean"]["Dice"], abs=1e-12)
     for label in ("1", "2"):
         assert again["mean"][label]["Dice"] == pytest.approx(summary["mean"][label]["Dice"], abs=1e-12)
+
+
+DDP_EPOCHS = 3
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_data_parallel_two_cpu_processes_kill_resume_validate(workspace):
+    """-num_gpus 2 -device cpu: two gloo ranks; the launcher is SIGKILLed after the first checkpoint (its
+    ranks must go with it), --c resumes on both ranks, the validation is split; one set of outputs."""
+    env = _env(workspace)
+    args = ["3d_fullres", "0", "-p", "pnnunetTinyPlans", "-tr", f"pnnunetTrainer_{DDP_EPOCHS}epochs",
+            "--iterations_per_epoch", "2", "--val_iterations_per_epoch", "1", "--num_workers", "0",
+            "-device", "cpu", "-num_gpus", "2", "--no_pbar"]
+    fold = (workspace / "res" / "Dataset004_Hippocampus_sample" /
+            f"pnnunetTrainer_{DDP_EPOCHS}epochs__pnnunetTinyPlans__3d_fullres" / "fold_0")
+    latest = fold / "checkpoint_latest.pdparams"
+    proc = subprocess.Popen(_cli("train", *args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not latest.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "training ended before it could be killed"
+        ranks = [p for p in _descendants(proc.pid)]
+        assert len(ranks) >= 2
+        proc.send_signal(signal.SIGKILL)  # the launcher only
+        proc.wait()
+        deadline = time.time() + 30
+        while any(_alive(p) for p in ranks) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in ranks), "training processes outlived the killed launcher"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not (fold / "checkpoint_final.pdparams").exists()
+
+    out = subprocess.run(_cli("train", *args, "--c"), env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (fold / "training_log.txt").read_text()
+    assert log.count("resumed from checkpoint_latest") == 1  # rank 0 alone writes the log
+    assert log.count("data parallel: 2 processes, batch per process [1, 1] (foreground-forced samples [0, 1])") == 2
+    for e in range(DDP_EPOCHS):
+        assert f"epoch {e} | train_loss" in log
+    assert "skipped_steps 0" in log and "precision float32" in log
+
+    import paddle
+
+    state = paddle.load(str(fold / "checkpoint_final.pdparams"))
+    assert state["current_epoch"] == DDP_EPOCHS and state["world_size"] == 2 and state["precision"] == "float32"
+    lrs = state["logging"]["lrs"]
+    assert lrs == pytest.approx([poly_lr(e, DDP_EPOCHS) for e in range(DDP_EPOCHS)], rel=1e-12)
+    assert not latest.exists() and (fold / "progress.png").exists()
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert len(summary["metric_per_case"]) == 4  # both ranks' shares
+    assert sorted(p.name for p in (fold / "validation").iterdir() if p.name.startswith(".")) == []
+    assert out.stdout.count("fold 0: mean foreground Dice") == 1
+
+
+def _use_workspace(workspace, monkeypatch):
+    for key, value in _env(workspace).items():
+        if key.startswith("pnnunet_"):
+            monkeypatch.setenv(key, value)
+
+
+def test_data_parallel_flag_errors(workspace, monkeypatch, capsys):
+    from pnnunet.cli import train as train_cli
+
+    _use_workspace(workspace, monkeypatch)
+    base = ["3d_fullres", "0", "-p", "pnnunetTinyPlans", "--no_pbar"]
+    cases = [(["-device", "cpu", "-num_gpus", "3"], "the plan's batch size 2 is smaller than the 3 training processes"),
+             (["-device", "gpu:1", "-num_gpus", "2"], "CUDA_VISIBLE_DEVICES"),
+             (["-num_gpus", "2"], "for data-parallel training in CPU processes add -device cpu"),
+             (["-device", "gpu:1"], "Paddle sees no GPU"),
+             (["-device", "tpu"], "unknown device 'tpu'")]
+    for extra, expected in cases:
+        code = train_cli.main([*base, *extra])
+        err = capsys.readouterr().err
+        assert code == 1, (extra, err[-2000:])
+        assert expected in err and "Traceback" not in err, (extra, err[-2000:])
+
+
+def test_out_of_memory_is_a_clear_error_and_exit_code_1(workspace, monkeypatch, capsys):
+    from pnnunet.cli import train as train_cli
+    from pnnunet.training.trainer import Trainer
+
+    def raise_oom(self, batch):
+        raise MemoryError("(ResourceExhausted) Out of memory error on GPU 0. Cannot allocate 1.5GB memory on GPU 0")
+
+    _use_workspace(workspace, monkeypatch)
+    monkeypatch.setattr(Trainer, "_forward_backward_step", raise_oom)
+    code = train_cli.main(["3d_fullres", "0", "-p", "pnnunetTinyPlans", "-tr", "pnnunetTrainer_1epochs",
+                           "--num_workers", "0", "-device", "cpu", "--no_pbar"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "pnnunet: error: out of memory in host memory (CPU) during a training step" in err
+    assert "pnnunet_plan_and_preprocess -d Dataset004_Hippocampus_sample -gpu_memory_target 6" in err
+    assert "Traceback" not in err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -208,7 +209,8 @@ def rank_environments(num_processes: int, gpu: bool, base_env=None) -> list[dict
     return envs
 
 
-def _stop(procs: list[subprocess.Popen], sig=signal.SIGTERM, grace: float = STOP_GRACE_SECONDS) -> None:
+def _stop(procs: list[subprocess.Popen], sig=signal.SIGTERM, grace: float | None = None) -> None:
+    grace = STOP_GRACE_SECONDS if grace is None else grace
     for p in procs:
         if p.poll() is None:
             try:
@@ -269,23 +271,30 @@ def launch_local(command: Sequence[str], num_processes: int, gpu: bool, poll_sec
             signal.signal(s, handler)
 
 
-def _watch_launcher(launcher_pid: int, poll_seconds: float = 1.0) -> None:
-    while True:
-        if os.getppid() != launcher_pid:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(STOP_GRACE_SECONDS)
-            os._exit(1)
+def _watch_launcher(launcher_pid: int, poll_seconds: float = 0.5, grace_seconds: float = 3.0) -> None:
+    """Runs in a thread of a rank: once the launcher is gone, ask the main thread to exit (SIGTERM →
+    SystemExit, ``finally`` blocks run); if it is stuck in a collective waiting for a dead rank, stop
+    this rank's own worker processes and exit hard."""
+    while os.getppid() == launcher_pid:
         time.sleep(poll_seconds)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_seconds)
+    for child in multiprocessing.active_children():
+        child.kill()
+    os._exit(1)
 
 
 def tie_to_launcher(env=None) -> None:
-    """In a rank started by :func:`launch_local`: die with the launcher, and turn SIGTERM into a
-    normal exit (so ``finally`` blocks stop the augmentation workers).
+    """In a rank: die with the launcher (:func:`launch_local`, or ``paddle.distributed.launch``,
+    whose ranks otherwise outlive a SIGKILLed launcher), and turn SIGTERM into a normal exit (so
+    ``finally`` blocks stop the augmentation workers).
 
     Linux: ``prctl(PR_SET_PDEATHSIG, SIGTERM)``; everywhere: a watchdog thread that notices when
     the parent is gone (covers the race before prctl and non-Linux systems)."""
     env = os.environ if env is None else env
     pid = env.get(LAUNCHER_PID_ENV)
+    if not pid and DistContext.from_env(env).is_distributed:
+        pid = str(os.getppid())  # started by another launcher: tie to it
 
     def terminate(signum, _frame):
         raise SystemExit(128 + signum)
