@@ -93,7 +93,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_killed_launcher_leaves_no_ranks(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_killed_launcher_leaves_no_ranks(tmp_path, sig):
     child = textwrap.dedent(f"""
         import os, time
         from pnnunet.runtime.distributed import tie_to_launcher
@@ -111,8 +112,8 @@ def test_killed_launcher_leaves_no_ranks(tmp_path):
         time.sleep(0.2)
         pids = [int((tmp_path / f"rank{r}").read_text()) for r in range(2)]
         assert all(_alive(p) for p in pids)
-        proc.send_signal(signal.SIGKILL)  # the launcher cannot clean up: the ranks must notice themselves
-        proc.wait()
+        proc.send_signal(sig)  # SIGKILL: the launcher cannot clean up, the ranks must notice themselves
+        proc.wait(timeout=60)
         deadline = time.time() + 20
         while any(_alive(p) for p in pids) and time.time() < deadline:
             time.sleep(0.1)
