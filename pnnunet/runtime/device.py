@@ -12,11 +12,15 @@ log = logging.getLogger(__name__)
 
 def import_paddle():
     """Import Paddle or explain which wheel to install."""
+    root = logging.getLogger()
+    level = root.level
     try:
         import paddle
     except ImportError:
         raise PnnunetError("PaddlePaddle is not installed\n  fix: pip install \"pnnunet[cpu]\" for the CPU build, or "
                            "install paddlepaddle-gpu for NVIDIA GPUs (not both)") from None
+    if root.level != level:  # Paddle 2.6's import sets the root logger to WARNING: keep the CLI's INFO
+        root.setLevel(level)
     return paddle
 
 
