@@ -190,7 +190,7 @@ class Trainer:
             loss, skipped = self._forward_backward_step(batch)
         except Exception as e:  # noqa: BLE001 - only out-of-memory is translated, the rest re-raised
             if is_out_of_memory(e):
-                raise self._out_of_memory_error(batch, e) from None
+                raise self._out_of_memory_error(batch, e, "a training step") from None
             raise
         self.skipped_steps += int(skipped)
         return loss
@@ -208,7 +208,7 @@ class Trainer:
 
     _train_step = train_step
 
-    def _out_of_memory_error(self, batch: dict, error: BaseException) -> PnnunetError:
+    def _out_of_memory_error(self, batch: dict, error: BaseException, what: str) -> PnnunetError:
         shape = list(np.shape(batch["data"]))
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         dataset = self.job.preprocessed_dataset_dir.name
@@ -216,7 +216,7 @@ class Trainer:
         more = (f" or more GPUs (-num_gpus {2 * self.dist.world_size} splits the batch of {self.plan.batch_size})"
                 if amp.amp_enabled_for(self.job.device) else "")
         return PnnunetError(
-            f"out of memory in {where} during a training step: a batch of shape {shape} (batch {self.batch_size} "
+            f"out of memory in {where} during {what}: a batch of shape {shape} (batch {self.batch_size} "
             f"of patch {list(self.plan.patch_size)}, {self.precision}) of configuration {self.job.configuration} "
             f"does not fit ({first})\n  fix: plan for less memory, e.g. pnnunet_plan_and_preprocess -d {dataset} "
             f"-gpu_memory_target 6 (smaller patch and batch), then train again{more}; close other programs using "
@@ -224,6 +224,14 @@ class Trainer:
 
     def _val_step(self, batch: dict) -> tuple[float, np.ndarray]:
         """Loss and (tp, fp, fn) per foreground class of the highest-resolution output (§5.7)."""
+        try:
+            return self._validation_batch(batch)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is translated, the rest re-raised
+            if is_out_of_memory(e):
+                raise self._out_of_memory_error(batch, e, "a validation step of the epoch") from None
+            raise
+
+    def _validation_batch(self, batch: dict) -> tuple[float, np.ndarray]:
         paddle = import_paddle()
         data = paddle.to_tensor(batch["data"])
         targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in batch["target"]]

@@ -39,7 +39,8 @@ def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, checkpoin
     predict_preprocessed_cases(predict, val_ids, job.preprocessed_dataset_dir / plan.data_identifier, job.plans,
                                job.configuration, job.dataset_json, out_dir, rw, mirror_axes=mirror_axes,
                                previous_stage_dir=job.previous_stage_dir, next_stage_targets=targets,
-                               save_probabilities=save_probabilities, progress=job.progress_bar)
+                               save_probabilities=save_probabilities,
+                               progress=job.progress_bar and job.dist.is_main)
     log.info("final validation: %d cases predicted in %.1f s", len(val_ids), time.perf_counter() - t0)
     if targets:
         log.info("inputs for %s written to %s", ", ".join(t.name for t in targets),

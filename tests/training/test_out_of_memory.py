@@ -49,3 +49,12 @@ def test_other_errors_are_not_swallowed(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "_forward_backward_step", fail)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         make_trainer(tmp_path, batch_size=2).train_step(fixed_batches(1, batch_size=2)[0])
+
+
+def test_oom_in_validation_step_is_a_clear_error(tmp_path, monkeypatch):
+    def raise_oom(self, batch):
+        raise MemoryError(GPU_OOM)
+
+    monkeypatch.setattr(Trainer, "_validation_batch", raise_oom)
+    with pytest.raises(PnnunetError, match="during a validation step of the epoch"):
+        make_trainer(tmp_path, batch_size=2, device="gpu")._val_step(fixed_batches(1, batch_size=2)[0])
