@@ -16,6 +16,7 @@ ranks with it (``PR_SET_PDEATHSIG`` on Linux, plus a watchdog thread).
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import multiprocessing
 import os
@@ -26,7 +27,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -148,37 +148,25 @@ def all_gather_sum(tensor):
     return paddle.stack(gathered, axis=0).sum(axis=0)
 
 
-def barrier(ctx: DistContext) -> None:
-    if ctx.is_distributed:
-        import_paddle().distributed.barrier()
+_BARRIER_COUNT = itertools.count()
 
 
-def _marker(folder: Path, name: str, rank: int) -> Path:
-    return Path(folder) / f".{name}.rank{rank}.done"
+def barrier(ctx: DistContext, name: str = "barrier", poll_seconds: float = 0.05) -> None:
+    """Wait until every rank got here, however long that takes (a counter in Paddle's TCP store).
 
-
-def clear_markers(folder: Path, name: str, ctx: DistContext) -> None:
-    """Remove the markers of :func:`wait_for_ranks` (rank 0, before the ranks start the work)."""
-    for r in range(ctx.world_size):
-        _marker(folder, name, r).unlink(missing_ok=True)
-
-
-def wait_for_ranks(folder: Path, name: str, ctx: DistContext, poll_seconds: float = 1.0) -> None:
-    """Mark this rank's part of ``name`` done (a file in ``folder``); rank 0 then waits for every rank's.
-
-    A file instead of a barrier: a rank's share of the final validation can take longer than the
-    process group's timeout (``PADDLE_PG_TIMEOUT``, 30 min). If a rank dies instead, its launcher
-    stops rank 0."""
+    Not ``paddle.distributed.barrier()``: every gloo collective fails after a fixed 30 s when a
+    peer is late (``PADDLE_PG_TIMEOUT`` only reaches NCCL), and ranks are late by design while rank
+    0 writes checkpoints or exports the static graph, or while the ranks validate unequal shares.
+    A rank that dies instead is handled by the launcher, which stops the others; a dead rank 0
+    (the store's server) makes the others' next store call fail. Every rank must call the same
+    barriers in the same order (the key is ``name`` and a per-process counter)."""
     if not ctx.is_distributed:
         return
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _marker(folder, name, ctx.rank).write_text(str(os.getpid()))
-    if not ctx.is_main:
-        return
-    while not all(_marker(folder, name, r).exists() for r in range(ctx.world_size)):
+    store = import_paddle().base.core.create_or_get_global_tcp_store()
+    key = f"pnnunet/{name}/{next(_BARRIER_COUNT)}"
+    store.add(key, 1)
+    while store.add(key, 0) < ctx.world_size:
         time.sleep(poll_seconds)
-    clear_markers(folder, name, ctx)
 
 
 # ---- the launcher ----------------------------------------------------------------------------

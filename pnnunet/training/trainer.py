@@ -298,7 +298,7 @@ class Trainer:
             self._save("checkpoint_final")
             if self.dist.is_main:
                 ck.remove_if_exists(ck.checkpoint_path(job.fold_dir, "checkpoint_latest"))
-            dist.barrier(self.dist)  # the other ranks validate with checkpoint_final
+            dist.barrier(self.dist, "checkpoint_final")  # the other ranks validate with it
             log.info("training finished: %d epochs, best EMA pseudo-Dice %.4f", self.current_epoch,
                      self.progress.best_ema or float("nan"))
 
@@ -339,6 +339,7 @@ class Trainer:
             self._save("checkpoint_latest")
         if self.dist.is_main:
             self.progress.plot(self.job.fold_dir / "progress.png")
+        dist.barrier(self.dist, "epoch")  # the others wait here, not in a collective that times out
 
     def _epoch_totals(self, losses: list[float], val_losses: list[float],
                       stats: np.ndarray) -> tuple[float, float, np.ndarray, int]:
@@ -381,7 +382,8 @@ class Trainer:
         if fp.is_file():
             shutil.copyfile(fp, md / "dataset_fingerprint.json")
         write_json_atomic(self.job.fold_dir / "train_config.json",
-                          {"trainer": self.job.trainer_name, **self.cfg.__dict__, "device": self.job.device})
+                          {"trainer": self.job.trainer_name, **self.cfg.__dict__, "device": self.job.device,
+                           "precision": self.precision, "num_processes": self.dist.world_size})
 
     def final_validation(self, checkpoint: str = "checkpoint_final", save_probabilities: bool = False) -> dict:
         """Predict the held-out cases of this fold and write ``validation/summary.json`` (§5.10)."""
@@ -403,15 +405,13 @@ class Trainer:
         # data parallel: rank r predicts val_ids[r::N]; rank 0 exports the static graph first (one
         # writer of the export cache) and computes the metrics once every rank is done
         mine = dist.shard(val_ids, self.dist)
-        out_dir = self.job.fold_dir / "validation"
         if self.dist.is_main:
-            dist.clear_markers(out_dir, "validation", self.dist)
             validate_fold(self.network, self.job, self.plan, mine, mirror_axes, path, save_probabilities,
-                          after_export=lambda: dist.barrier(self.dist))
+                          after_export=lambda: dist.barrier(self.dist, "exported"))
         else:
-            dist.barrier(self.dist)
+            dist.barrier(self.dist, "exported")
             validate_fold(self.network, self.job, self.plan, mine, mirror_axes, path, save_probabilities)
-        dist.wait_for_ranks(out_dir, "validation", self.dist)
+        dist.barrier(self.dist, "validated")
         if not self.dist.is_main:
             return {}
         return summarize_validation(self.job, len(val_ids))

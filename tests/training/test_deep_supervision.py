@@ -55,3 +55,10 @@ def test_downsample_uses_python_round():
     seg = np.arange(5 * 6).reshape(1, 5, 6)
     (out,) = downsample_seg_for_ds(seg, [[0.5, 0.5]])
     assert out.shape == (1, 2, 3)  # round(2.5) == 2 (banker's rounding, as upstream)
+
+
+def test_ds_weights_data_parallel_keeps_the_lowest_output():  # upstream: 1e-6 under DDP instead of 0
+    w = ds_weights(4, ddp=True)
+    assert w[-1] > 0 and w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(w[:-1], ds_weights(4)[:-1], rtol=1e-5)
+    np.testing.assert_array_equal(ds_weights(2, ddp=True), [1.0])
