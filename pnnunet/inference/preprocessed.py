@@ -9,7 +9,7 @@ the next stage's preprocessed grid to ``predicted_next_stage/<next stage>/`` (it
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.imageio import ImageIO
 from pnnunet.inference.export_prediction import export_prediction, logits_to_next_stage_segmentation
-from pnnunet.inference.sliding_window import predict_sliding_window
+from pnnunet.inference.case_predictor import CasePredictor
 from pnnunet.plans import ConfigurationPlan
 from pnnunet.preprocessing import previous_stage as ps
 from pnnunet.preprocessing.storage import load_preprocessed_case
@@ -58,15 +58,14 @@ def _export_next_stages(logits: np.ndarray, case: str, plans: dict, configuratio
         ps.save_next_stage_segmentation(stage.output_folder, case, seg)
 
 
-def predict_preprocessed_cases(predict: Callable, cases: Sequence[str], preprocessed_folder: Path, plans: dict,
+def predict_preprocessed_cases(predict: CasePredictor, cases: Sequence[str], preprocessed_folder: Path, plans: dict,
                                configuration: str, dataset_json: dict, output_folder: Path, reader_writer: ImageIO, *,
                                mirror_axes: Sequence[int] | None, step_size: float = 0.5,
                                previous_stage_dir: Path | None = None, next_stage_targets: Sequence[NextStage] = (),
                                save_probabilities: bool = False, progress: bool = True) -> None:
     """Predict ``cases`` of ``preprocessed_folder`` into ``output_folder/CASE<file_ending>``.
 
-    ``predict`` maps a batch of patches to logits (see :mod:`pnnunet.inference.static_graph`);
-    ``mirror_axes`` None or empty: no test-time mirroring.
+    ``predict``: the fold's :class:`CasePredictor`; ``mirror_axes`` None or empty: no test-time mirroring.
     """
     plan = ConfigurationPlan.from_plans(plans, configuration)
     labels = LabelInfo.from_dataset_json(dataset_json)
@@ -78,8 +77,7 @@ def predict_preprocessed_cases(predict: Callable, cases: Sequence[str], preproce
         if previous_stage_dir is not None:
             prev = ps.load_previous_stage_segmentation(previous_stage_dir, case, data.shape[1:])
             data = ps.append_previous_stage(data, prev, labels.foreground_labels)
-        logits = predict_sliding_window(predict, np.asarray(data), plan.patch_size, labels.num_segmentation_heads,
-                                        step_size=step_size, mirror_axes=tuple(mirror_axes or ()) or None)
+        logits = predict(np.asarray(data), tuple(mirror_axes or ()) or None, step_size)
         del data
         export_prediction(logits, props, plans, configuration, dataset_json, output_folder / case, reader_writer,
                           save_probabilities=save_probabilities)

@@ -28,6 +28,7 @@ import numpy as np
 
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json, write_json_atomic
+from pnnunet.runtime.amp import amp_enabled_for
 from pnnunet.runtime.device import import_paddle
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import bf16_supported
@@ -282,11 +283,16 @@ def bf16_predict_fn(network) -> PredictFn | None:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` → ``bf16`` on a CPU with native bfloat16 convolutions, else ``fp32``."""
+    """``auto`` → ``fp16`` on a GPU (float16 autocast, as upstream), ``bf16`` on a CPU with native bfloat16
+    convolutions, else ``fp32``; ``fp32`` always means float32."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    if precision == "fp32" or device != "cpu":
+    if precision == "fp32":
         return "fp32"
+    if amp_enabled_for(device):
+        if precision == "bf16":
+            log.warning("warning: bfloat16 is a CPU precision; predicting on the GPU in float16")
+        return "fp16"
 
     if bf16_supported():
         return "bf16"

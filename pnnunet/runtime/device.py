@@ -51,3 +51,17 @@ def set_cpu_threads(n: int | None = None) -> int:
     except AttributeError:  # older Paddle
         log.debug("paddle.base.core.set_num_threads not available")
     return n
+
+
+_OOM_MARKERS = ("ResourceExhaustedError", "Out of memory", "out of memory", "CUDA error(2)",
+                "cudaErrorMemoryAllocation")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is Paddle's (or the host's) out-of-memory error. Paddle raises it as
+    ``MemoryError`` or as a ``RuntimeError``/``SystemError`` whose type name or message says
+    ``ResourceExhaustedError`` / ``Out of memory`` (2.6 and 3.x differ)."""
+    if isinstance(error, MemoryError):
+        return True
+    text = f"{type(error).__name__}: {error}"
+    return any(marker in text for marker in _OOM_MARKERS)

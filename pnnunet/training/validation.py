@@ -10,7 +10,8 @@ import time
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.imageio import reader_writer_by_name
 from pnnunet.inference.preprocessed import next_stages, predict_preprocessed_cases
-from pnnunet.inference.static_graph import make_predict_fn
+from pnnunet.inference.case_predictor import CasePredictor
+from pnnunet.inference.static_graph import resolve_precision
 from pnnunet.metrics import compute_metrics_on_folder
 from pnnunet.preprocessing.previous_stage import num_network_inputs
 
@@ -21,12 +22,12 @@ def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, checkpoin
                   save_probabilities: bool = False) -> dict:
     network.deep_supervision = False
     network.eval()
-    # Paddle Inference (oneDNN) when it works, else the eager network
-    predict, backend = make_predict_fn(lambda: network, checkpoint_path,
-                                       num_network_inputs(job.dataset_json, plan.previous_stage),
-                                       len(plan.patch_size), device=job.device)
-    log.info("final validation uses the %s network", backend)
     labels = LabelInfo.from_dataset_json(job.dataset_json)
+    # CPU: Paddle Inference (oneDNN) in float32 when it works, else the eager network; GPU: float16 autocast
+    predict = CasePredictor(lambda: network, checkpoint_path, num_network_inputs(job.dataset_json, plan.previous_stage),
+                            plan.patch_size, labels.num_segmentation_heads, device=job.device,
+                            precision=resolve_precision("fp32" if job.device == "cpu" else "auto", job.device))
+    log.info("final validation uses the %s network", predict.backend)
     rw = reader_writer_by_name(job.plans["image_reader_writer"])
     out_dir = job.fold_dir / "validation"
     targets = next_stages(job.plans, job.configuration, job.preprocessed_dataset_dir, job.model_dir)
