@@ -23,7 +23,7 @@ from pnnunet.errors import PnnunetError
 from pnnunet.inference.sliding_window import (accumulation_dtype, compute_gaussian, iter_tiles, mirror_combinations,
                                               pad_to_patch, predict_sliding_window)
 from pnnunet.runtime.amp import autocast_kwargs
-from pnnunet.runtime.device import import_paddle, is_out_of_memory
+from pnnunet.runtime.device import PADDLE_RUNTIME_ERRORS, import_paddle, is_out_of_memory, raise_if_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def predict_case_on_device(network, data: np.ndarray, patch_size: Sequence[int],
     try:
         return predict_sliding_window_on_device(network, data, patch_size, num_outputs, step_size, mirror_axes,
                                                 tile_batch_size, autocast, dtype, progress)
-    except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, everything else re-raised
+    except PADDLE_RUNTIME_ERRORS as e:
         if not is_out_of_memory(e):
             raise
         log.warning("warning: case of shape %s does not fit on the device with its accumulators; accumulating on "
@@ -119,12 +119,11 @@ def predict_case_on_device(network, data: np.ndarray, patch_size: Sequence[int],
     try:
         return predict_sliding_window(predict, data, patch_size, num_outputs, step_size, mirror_axes, True,
                                       tile_batch_size, progress, dtype)
-    except Exception as e:  # noqa: BLE001 - only out-of-memory is translated
-        if not is_out_of_memory(e):
-            raise
-        raise PnnunetError(f"the device ran out of memory predicting a batch of {tile_batch_size} tile(s) of "
-                           f"{tuple(patch_size)}\n  fix: pnnunet_predict --tile_batch_size 1, fewer -npp/-nps "
-                           "processes, or a GPU with more memory") from None
+    except PADDLE_RUNTIME_ERRORS as e:
+        raise_if_out_of_memory(e, f"predicting a batch of {tile_batch_size} tile(s) of {tuple(patch_size)} on the "
+                                  "device", "pnnunet_predict --tile_batch_size 1, fewer -npp/-nps processes, or a "
+                                            "GPU with more memory")
+        raise
 
 
 def _empty_cache(paddle) -> None:

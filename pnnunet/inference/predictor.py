@@ -45,7 +45,7 @@ from pnnunet.parallel import call_picklable, single_thread_worker
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
 from pnnunet.preprocessing.previous_stage import append_previous_stage
 from pnnunet.runtime.device import import_paddle, pick_device, set_cpu_threads
-from pnnunet.runtime.network import build_network
+from pnnunet.runtime.network import build_network, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -479,20 +479,3 @@ class Predictor:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-
-def load_weights(network, weights: dict) -> None:
-    """Load numpy ``weights`` into ``network``; keys and shapes must match exactly.
-
-    Paddle's ``set_state_dict`` only warns about mismatches; a checkpoint of another architecture
-    must fail loudly instead.
-    """
-    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(weights) if tuple(np.shape(weights[k])) != expected[k])
-    if missing or unexpected or wrong:
-        parts = [f"{name}: {keys[:3]}{' ...' if len(keys) > 3 else ''}" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise PnnunetError("the checkpoint's weights do not fit the network of the plan (" + "; ".join(parts) +
-                           ")\n  fix: use the plans.json the model was trained with")
-    network.set_state_dict(weights)

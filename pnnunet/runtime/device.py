@@ -65,3 +65,14 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     text = f"{type(error).__name__}: {error}"
     return any(marker in text for marker in _OOM_MARKERS)
+
+
+# What Paddle's C++ core raises for a failed operation (its error classes map to these Python types);
+# catching these, and not Exception, keeps bugs in our own code (TypeError, NameError...) visible.
+PADDLE_RUNTIME_ERRORS = (RuntimeError, ValueError, OSError, NotImplementedError, MemoryError)
+
+
+def raise_if_out_of_memory(error: BaseException, what: str, fix: str) -> None:
+    """Turn an out-of-memory ``error`` into a PnnunetError naming what ran out and the fix; else return."""
+    if is_out_of_memory(error):
+        raise PnnunetError(f"out of memory while {what}\n  fix: {fix}") from None
