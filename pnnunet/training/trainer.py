@@ -77,15 +77,18 @@ class TrainingJob:
         return next_stage_folder(sibling_model_dir(self.model_dir, previous), self.configuration)
 
 
-def _check_compatible(ckpt: dict, job: TrainingJob, path: Path) -> None:
+def _check_compatible(ckpt: dict, job: TrainingJob, path: Path, check_schedule: bool = True) -> None:
+    """Refuse a checkpoint made with other plans; with ``check_schedule`` (resuming, --c) also one trained
+    for another number of epochs. Validating a finished checkpoint (--val) does not depend on the schedule."""
     problem = ck.plan_mismatch(ckpt, job.configuration, job.plans)
     if problem is not None:
         raise PnnunetError(f"{path}: {problem}\n  fix: retrain without --c (or in a new output folder), or restore "
                            "the plans file the checkpoint was made with")
     stored = ckpt.get("init_args", {})
-    if stored.get("num_epochs") not in (None, job.config.num_epochs):
+    if check_schedule and stored.get("num_epochs") not in (None, job.config.num_epochs):
         raise PnnunetError(f"{path}: was trained for {stored['num_epochs']} epochs, now {job.config.num_epochs} "
-                           "requested\n  fix: resume with the same number of epochs (the LR schedule depends on it)")
+                           "requested\n  fix: resume with the same number of epochs (--epochs "
+                           f"{stored['num_epochs']}; the LR schedule depends on it)")
 
 
 class Trainer:
@@ -102,6 +105,7 @@ class Trainer:
         self.progress = ProgressLog()
         self.current_epoch = 0
         self.pretrained_weights: dict | None = None  # applied to a fresh (not resumed) network
+        self._split: tuple[list[str], list[str]] | None = None  # see split()
 
     # ---- building blocks -------------------------------------------------------------------
     def _build(self):
@@ -275,17 +279,26 @@ class Trainer:
         train_ids, val_ids = self.split()
         if self.job.previous_stage_dir is not None:
             check_previous_stage_available(self.job.previous_stage_dir, sorted(set(train_ids) | set(val_ids)),
-                                           self.plan.previous_stage, self.job.configuration)
+                                           self.plan.previous_stage, self.job.configuration, self.job.fold)
         return train_ids, val_ids
 
     def split(self) -> tuple[list[str], list[str]]:
-        folder = self.job.preprocessed_dataset_dir / self.plan.data_identifier
-        case_ids = list_cases(folder)
-        if not case_ids:
-            raise PnnunetError(f"{folder}: no preprocessed cases\n  fix: run pnnunet_plan_and_preprocess "
-                               f"-c {self.job.configuration} first")
-        splits = load_or_create_splits(self.job.preprocessed_dataset_dir, case_ids)
-        return get_fold(splits, self.job.fold, case_ids)
+        """The fold's (training, validation) cases, determined once per Trainer (§5.9). Fold ``all``
+        trains and validates on every case and needs no split (any number of cases, as upstream);
+        other folds read or create ``splits_final.json``."""
+        if self._split is None:
+            folder = self.job.preprocessed_dataset_dir / self.plan.data_identifier
+            case_ids = list_cases(folder)
+            if not case_ids:
+                raise PnnunetError(f"{folder}: no preprocessed cases\n  fix: run pnnunet_plan_and_preprocess "
+                                   f"-c {self.job.configuration} first")
+            if self.job.fold == "all":
+                splits = []
+            else:
+                splits = load_or_create_splits(self.job.preprocessed_dataset_dir, case_ids)
+            train_ids, val_ids = get_fold(splits, self.job.fold, case_ids)
+            self._split = (list(train_ids), list(val_ids))
+        return list(self._split[0]), list(self._split[1])
 
     def _write_model_files(self) -> None:
         md = self.job.model_dir
@@ -307,7 +320,7 @@ class Trainer:
         with paddle.utils.unique_name.guard():
             self._build()
             state = ck.load_checkpoint(path)
-            _check_compatible(state, self.job, path)
+            _check_compatible(state, self.job, path, check_schedule=False)
             self.network.set_state_dict(state["network_weights"])
         _, val_ids = self.split()
         return validate_fold(self.network, self.job, self.plan, val_ids,
