@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 import pnnunet
 from pnnunet.dataset.labels import LabelInfo
-from pnnunet.defaults import sibling_model_dir
+from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import write_json_atomic
+from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
 from pnnunet.preprocessing.previous_stage import (check_previous_stage_available, next_stage_folder,
                                                   num_network_inputs)
@@ -310,8 +311,13 @@ class Trainer:
         write_json_atomic(self.job.fold_dir / "train_config.json",
                           {"trainer": self.job.trainer_name, **self.cfg.__dict__, "device": self.job.device})
 
-    def final_validation(self, checkpoint: str = "checkpoint_final", save_probabilities: bool = False) -> dict:
-        """Predict the held-out cases of this fold and write ``validation/summary.json`` (§5.10)."""
+    def final_validation(self, checkpoint: str = "checkpoint_final", save_probabilities: bool = False,
+                         disable_tta: bool = False, step_size: float = DEFAULT_STEP_SIZE) -> dict:
+        """Predict the held-out cases of this fold and write ``validation/summary.json`` (§5.10).
+
+        ``disable_tta``: no test-time mirroring (a deviation, recorded in
+        ``validation/validation_settings.json``); ``step_size``: tile overlap (upstream 0.5)."""
+        check_step_size(step_size, "--val_step_size")
         paddle = import_paddle()
         path = ck.checkpoint_path(self.job.fold_dir, checkpoint)
         if not path.is_file():
@@ -325,4 +331,4 @@ class Trainer:
         _, val_ids = self.split()
         return validate_fold(self.network, self.job, self.plan, val_ids,
                              state.get("inference_allowed_mirroring_axes", self.mirror_axes), path,
-                             save_probabilities)
+                             save_probabilities, disable_tta=disable_tta, step_size=step_size)
