@@ -25,8 +25,23 @@ from pnnunet.preprocessing.run import preprocess_dataset
 DEFAULT_CONFIGS = ("2d", "3d_fullres", "3d_lowres")
 
 
+def _description(fingerprint: bool, plan: bool, preprocess: bool) -> str:
+    if fingerprint and plan and preprocess:
+        return "Fingerprint, plan and preprocess a dataset like nnU-Net v2."
+    if fingerprint:
+        return ("Extract the dataset fingerprint (spacings, shapes, foreground intensities) into "
+                "$pnnunet_preprocessed/DatasetXXX_Name/dataset_fingerprint.json, like nnU-Net v2.")
+    if plan:
+        return ("Plan the configurations (2d, 3d_fullres, 3d_lowres + 3d_cascade_fullres) from the dataset "
+                "fingerprint into the plans file (pnnunetPlans.json), like nnU-Net v2; run "
+                "pnnunet_extract_fingerprint first.")
+    return ("Preprocess the training cases for the configurations of an existing plans file (crop, normalize, "
+            "resample) into $pnnunet_preprocessed/DatasetXXX_Name/<plans>_<configuration>/, like nnU-Net v2; "
+            "run pnnunet_plan_experiment first.")
+
+
 def _parser(prog: str, fingerprint: bool, plan: bool, preprocess: bool) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Fingerprint, plan and preprocess a dataset like nnU-Net v2.")
+    p = argparse.ArgumentParser(prog=prog, description=_description(fingerprint, plan, preprocess))
     add_dataset_arg(p, multiple=True)
     if fingerprint:
         p.add_argument("-npfp", type=int, default=None, help="processes for the fingerprint (default: -np)")

@@ -9,6 +9,7 @@ the next stage's preprocessed grid to ``predicted_next_stage/<next stage>/`` (it
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,17 @@ from tqdm import tqdm
 
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.imageio import ImageIO
+from pnnunet.inference.case_progress import CaseProgress
 from pnnunet.inference.export_prediction import export_prediction, logits_to_next_stage_segmentation
 from pnnunet.inference.case_predictor import CasePredictor
+from pnnunet.inference.sliding_window import count_tiles, mirror_combinations
 from pnnunet.plans import ConfigurationPlan
 from pnnunet.preprocessing import previous_stage as ps
-from pnnunet.preprocessing.storage import load_preprocessed_case
+from pnnunet.preprocessing.storage import load_preprocessed_case, preprocessed_case_shape
 
 log = logging.getLogger(__name__)
+
+TILE_BAR_MIN_PASSES = 32  # a case with at least this many network passes (tiles × mirrorings) gets a tile bar
 
 
 @dataclass(frozen=True)
@@ -65,20 +70,31 @@ def predict_preprocessed_cases(predict: CasePredictor, cases: Sequence[str], pre
                                save_probabilities: bool = False, progress: bool = True) -> None:
     """Predict ``cases`` of ``preprocessed_folder`` into ``output_folder/CASE<file_ending>``.
 
-    ``predict``: the fold's :class:`CasePredictor`; ``mirror_axes`` None or empty: no test-time mirroring.
+    ``predict``: the fold's :class:`CasePredictor`; ``mirror_axes`` None or empty: no test-time mirroring;
+    ``step_size``: tile overlap (0.5 as upstream). Each case logs its tiles, mirrorings, time and the estimated
+    remaining time; with ``progress``, cases of at least ``TILE_BAR_MIN_PASSES`` network passes also show a bar
+    over their tiles.
     """
     plan = ConfigurationPlan.from_plans(plans, configuration)
     labels = LabelInfo.from_dataset_json(dataset_json)
     output_folder.mkdir(parents=True, exist_ok=True)
     if previous_stage_dir is not None:
         ps.check_previous_stage_available(previous_stage_dir, list(cases), plan.previous_stage, configuration)
-    for case in tqdm(cases, desc="validation", disable=not progress):
+    mirror_axes = tuple(mirror_axes or ()) or None
+    mirrorings = len(mirror_combinations(mirror_axes))
+    tiles = [count_tiles(preprocessed_case_shape(preprocessed_folder, c)[1:], plan.patch_size, step_size)
+             for c in cases]
+    tracker = CaseProgress(tiles, mirrorings)
+    for i, case in enumerate(tqdm(cases, desc="validation", disable=not progress)):
+        start = time.perf_counter()
         data, _, props = load_preprocessed_case(preprocessed_folder, case, mmap=False)
         if previous_stage_dir is not None:
             prev = ps.load_previous_stage_segmentation(previous_stage_dir, case, data.shape[1:])
             data = ps.append_previous_stage(data, prev, labels.foreground_labels)
-        logits = predict(np.asarray(data), tuple(mirror_axes or ()) or None, step_size)
+        logits = predict(np.asarray(data), mirror_axes, step_size,
+                         progress=progress and tiles[i] * mirrorings >= TILE_BAR_MIN_PASSES)
         del data
         export_prediction(logits, props, plans, configuration, dataset_json, output_folder / case, reader_writer,
                           save_probabilities=save_probabilities)
         _export_next_stages(logits, case, plans, configuration, dataset_json, next_stage_targets)
+        tracker.case_done(i, case, time.perf_counter() - start)

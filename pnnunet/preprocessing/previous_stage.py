@@ -85,17 +85,26 @@ def missing_previous_stage_cases(folder: Path | str, cases: Sequence[str]) -> li
 
 
 def check_previous_stage_available(folder: Path | str, cases: Sequence[str], previous_stage: str,
-                                   configuration: str) -> None:
-    """Raise a PnnunetError naming the cases without a previous-stage segmentation and the fix."""
+                                   configuration: str, fold: int | str | None = None) -> None:
+    """Raise a PnnunetError naming the cases without a previous-stage segmentation and the fix.
+
+    ``fold`` is the fold being trained: for ``all`` the fix is the previous stage's fold ``all`` (whose
+    validation covers every case), otherwise its folds 0-4."""
     missing = missing_previous_stage_cases(folder, cases)
     if not missing:
         return
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    if str(fold) == "all":
+        fix = (f"train {previous_stage} fold all first (pnnunet_train {previous_stage} all): its final validation "
+               f"writes every case there; for a finished fold all, pnnunet_train {previous_stage} all --val "
+               "rewrites them")
+    else:
+        fix = (f"train {previous_stage} first, all folds (pnnunet_train {previous_stage} FOLD for FOLD in 0 1 2 3 4): "
+               f"each fold's final validation writes its held-out cases there; for a finished fold, "
+               f"pnnunet_train {previous_stage} FOLD --val rewrites them")
     raise PnnunetError(
         f"{folder}: no {previous_stage} segmentation for {len(missing)} of {len(cases)} cases ({shown}); "
-        f"'{configuration}' trains on them as extra input\n  fix: train {previous_stage} first, all folds "
-        f"(pnnunet_train {previous_stage} FOLD for FOLD in 0 1 2 3 4): each fold's final validation writes its "
-        f"held-out cases there; for a finished fold, pnnunet_train {previous_stage} FOLD --val rewrites them")
+        f"'{configuration}' trains on them as extra input\n  fix: {fix}")
 
 
 def load_previous_stage_segmentation(folder: Path | str, case: str, expected_shape: Sequence[int],

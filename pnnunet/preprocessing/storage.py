@@ -107,3 +107,8 @@ def load_preprocessed_case(folder: Path | str, case: str, mmap: bool = True
     if files["locations"].is_file():
         props[LOCATIONS_KEY] = load_class_locations(folder, case)
     return data, seg, props
+
+
+def preprocessed_case_shape(folder: Path | str, case: str) -> tuple[int, ...]:
+    """``(C, X, Y, Z)`` of a stored case's image, from the file header (no data read)."""
+    return tuple(int(s) for s in np.load(case_files(folder, case)["data"], mmap_mode="r", allow_pickle=False).shape)

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from pnnunet.dataset.labels import LabelInfo
+from pnnunet.defaults import DEFAULT_STEP_SIZE, VALIDATION_SETTINGS_FILE
+from pnnunet.fileio import write_json_atomic
 from pnnunet.imageio import reader_writer_by_name
 from pnnunet.inference.preprocessed import next_stages, predict_preprocessed_cases
 from pnnunet.inference.case_predictor import CasePredictor
+from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.inference.static_graph import resolve_precision
 from pnnunet.metrics import compute_metrics_on_folder
 from pnnunet.preprocessing.previous_stage import num_network_inputs
@@ -18,10 +22,32 @@ from pnnunet.preprocessing.previous_stage import num_network_inputs
 log = logging.getLogger(__name__)
 
 
+def validation_settings(checkpoint_path, mirror_axes, disable_tta: bool, step_size: float) -> dict:
+    """What ``validation/validation_settings.json`` records; read by find_best_config to flag validations
+    made unlike upstream's (no test-time mirroring, another step size)."""
+    deviations = []
+    if disable_tta:
+        deviations.append("no test-time mirroring (--val_disable_tta; upstream's validation mirrors)")
+    if step_size != DEFAULT_STEP_SIZE:
+        deviations.append(f"tile step size {step_size} (--val_step_size; upstream's is {DEFAULT_STEP_SIZE})")
+    return {"checkpoint": Path(checkpoint_path).name, "disable_tta": bool(disable_tta),
+            "mirror_axes": [int(a) for a in (mirror_axes or ())], "step_size": float(step_size),
+            "deviations": deviations}
+
+
 def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, checkpoint_path,
-                  save_probabilities: bool = False) -> dict:
+                  save_probabilities: bool = False, disable_tta: bool = False,
+                  step_size: float = DEFAULT_STEP_SIZE) -> dict:
+    """Predict ``val_ids`` into ``fold_K/validation`` and evaluate them. ``mirror_axes``: the model's
+    test-time mirroring, not used with ``disable_tta``; ``step_size``: tile overlap (upstream 0.5)."""
+    step_size = check_step_size(step_size, "--val_step_size")
+    if disable_tta:
+        mirror_axes = None
     network.deep_supervision = False
     network.eval()
+    if disable_tta:
+        log.info("final validation without test-time mirroring (--val_disable_tta): faster, but not upstream's "
+                 "validation (its Dice is usually a little lower)")
     labels = LabelInfo.from_dataset_json(job.dataset_json)
     # CPU: Paddle Inference (oneDNN) in float32 when it works, else the eager network; GPU: float16 autocast
     predict = CasePredictor(lambda: network, checkpoint_path, num_network_inputs(job.dataset_json, plan.previous_stage),
@@ -31,12 +57,16 @@ def validate_fold(network, job, plan, val_ids: list[str], mirror_axes, checkpoin
     rw = reader_writer_by_name(job.plans["image_reader_writer"])
     out_dir = job.fold_dir / "validation"
     targets = next_stages(job.plans, job.configuration, job.preprocessed_dataset_dir, job.model_dir)
+    (out_dir / VALIDATION_SETTINGS_FILE).unlink(missing_ok=True)  # rewritten when this validation is complete
     t0 = time.perf_counter()
     predict_preprocessed_cases(predict, val_ids, job.preprocessed_dataset_dir / plan.data_identifier, job.plans,
                                job.configuration, job.dataset_json, out_dir, rw, mirror_axes=mirror_axes,
+                               step_size=step_size,
                                previous_stage_dir=job.previous_stage_dir, next_stage_targets=targets,
                                save_probabilities=save_probabilities, progress=job.progress_bar)
     seconds = time.perf_counter() - t0
+    write_json_atomic(out_dir / VALIDATION_SETTINGS_FILE,
+                      validation_settings(checkpoint_path, mirror_axes, disable_tta, step_size))
     summary = compute_metrics_on_folder(job.preprocessed_dataset_dir / "gt_segmentations", out_dir,
                                         out_dir / "summary.json", rw, job.dataset_json["file_ending"],
                                         labels.foreground_regions if labels.has_regions else labels.foreground_labels,

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pnnunet.cli.plan_and_preprocess import main
+from pnnunet.cli.plan_and_preprocess import main, main_fingerprint, main_plan, main_preprocess
 from tests.conftest import BUNDLED_SAMPLE
 
 
@@ -73,3 +73,22 @@ def test_overwrite_target_spacing_needs_three_values(roots, capsys):
     assert main(["-d", str(BUNDLED_SAMPLE), "--no_pp", "-overwrite_target_spacing", "1", "1", "-np", "1",
                  "--no_pbar"]) == 1
     assert "exactly 3 values" in capsys.readouterr().err
+
+
+def test_each_command_describes_itself(capsys):
+    descriptions = {}
+    for name, entry in [("plan_and_preprocess", main), ("extract_fingerprint", main_fingerprint),
+                        ("plan_experiment", main_plan), ("preprocess", main_preprocess)]:
+        with pytest.raises(SystemExit) as exit_info:
+            entry(["-h"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: pnnunet_{name}" in out
+        descriptions[name] = out.split("\n\n")[1]  # the paragraph after the usage lines
+    assert "Fingerprint, plan and preprocess" in descriptions["plan_and_preprocess"]
+    for name in ("extract_fingerprint", "plan_experiment", "preprocess"):
+        assert "Fingerprint, plan and preprocess" not in descriptions[name]
+    assert len(set(descriptions.values())) == 4
+    assert descriptions["plan_experiment"].startswith("Plan the configurations")
+    assert descriptions["preprocess"].startswith("Preprocess the training cases")
+    assert descriptions["extract_fingerprint"].startswith("Extract the dataset fingerprint")
