@@ -82,9 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     trainer = Trainer(job)
     trainer.check_inputs()  # a clear error before the fold folder and its log are created
     job.fold_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(job.fold_dir / "training_log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    logging.getLogger().addHandler(handler)
+    handler = add_training_log(job.fold_dir / "training_log.txt")
     try:
         if not (args.val or args.val_best):
             if args.pretrained_weights is not None:
@@ -94,11 +92,24 @@ def _run(args: argparse.Namespace) -> int:
                                            save_probabilities=args.npz, disable_tta=args.val_disable_tta,
                                            step_size=step_size)
     finally:
-        logging.getLogger().removeHandler(handler)
+        log.removeHandler(handler)
         handler.close()
     print(f"fold {job.fold}: mean foreground Dice {summary['foreground_mean']['Dice']:.4f} "
           f"({job.fold_dir / 'validation' / 'summary.json'})")
     return 0
+
+
+def add_training_log(path: Path) -> logging.Handler:
+    """Copy the records of the ``pnnunet`` logger (the epoch lines among them) into ``path``.
+
+    The handler goes on the ``pnnunet`` logger, whose level :func:`pnnunet.cli.common.setup_logging`
+    sets, not on the root logger (importing Paddle 2.6 sets the root logger's level to WARNING).
+    The caller removes it from ``log`` and closes it.
+    """
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
