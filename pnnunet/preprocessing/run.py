@@ -26,7 +26,8 @@ from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path, load_json, write_json_atomic
 from pnnunet.parallel import map_in_pool
 from pnnunet.preprocessing.preprocessor import preprocess_case_files, resolve_configuration
-from pnnunet.preprocessing.storage import case_files, is_case_done, save_preprocessed_case
+from pnnunet.preprocessing.storage import (DEFAULT_STORAGE, SHARED_POINTER, case_done_time, marker_without_identifier,
+                                           save_preprocessed_case, write_shared_pointer)
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,16 @@ def preprocessing_marker(plans: dict, config: dict, dataset_json: dict) -> dict:
 
 
 def _process_case(case: str, image_files: list[str], seg_file: str | None, plans: dict, config: dict,
-                  dataset_json: dict, reader_writer, out_folder: str) -> str:
+                  dataset_json: dict, reader_writer, out_folder: str, storage: str = DEFAULT_STORAGE) -> str:
     data, seg, props = preprocess_case_files(image_files, seg_file, plans, config, dataset_json, reader_writer)
-    save_preprocessed_case(out_folder, case, data, seg, props)
+    save_preprocessed_case(out_folder, case, data, seg, props, patch_size=config.get("patch_size"), storage=storage)
     return case
 
 
 def _case_is_current(folder: Path, case: str, entry: dict) -> bool:
-    if not is_case_done(folder, case):
+    done_at = case_done_time(folder, case)
+    if done_at is None:
         return False
-    done_at = case_files(folder, case)["properties"].stat().st_mtime
     sources = [*entry["images"], *([entry["label"]] if entry.get("label") else [])]
     return all(Path(p).stat().st_mtime <= done_at for p in sources)
 
@@ -77,6 +78,22 @@ def _prepare_folder(folder: Path, marker: dict, clean: bool) -> bool:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker_file, marker)
+    return True
+
+
+def _share_folder(folder: Path, owner: str, marker: dict, clean: bool) -> bool:
+    """Make ``folder`` a pointer to the sibling ``owner`` (identical preprocessing); True if it changed."""
+    pointer = folder / SHARED_POINTER
+    expected = {"data_identifier": owner, "marker": marker_without_identifier(marker)}
+    if (not clean and pointer.is_file() and load_json(pointer) == expected
+            and (folder / MARKER_NAME).is_file() and load_json(folder / MARKER_NAME) == marker):
+        return False
+    if folder.is_dir():
+        log.info("%s: its cases are now shared with %s (identical preprocessing); removing its own copy", folder, owner)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / MARKER_NAME, marker)
+    write_shared_pointer(folder, owner, expected["marker"])
     return True
 
 
@@ -116,7 +133,8 @@ def _group_by_identifier(plans: dict, configurations: Iterable[str], dataset_jso
 
 def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str, plans: dict,
                        configurations: Sequence[str], dataset_json: dict, reader_writer, num_processes: int = 2,
-                       clean: bool = False, progress: bool = True, cases: dict | None = None) -> dict:
+                       clean: bool = False, progress: bool = True, cases: dict | None = None,
+                       storage: str = DEFAULT_STORAGE, share: bool = True) -> dict:
     """Preprocess all training cases for the given configurations (reference §4).
 
     Parameters
@@ -130,6 +148,9 @@ def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str
     num_processes : worker processes (0 or 1: in this process)
     clean : rebuild the output folders even if they are current
     cases : ``{case: {"images": [...], "label": ...}}``; default: discovered in ``raw_dir``
+    storage : 'b2nd' (compressed, default) or 'npy' (see :mod:`pnnunet.preprocessing.storage`)
+    share : a configuration whose preprocessing equals an earlier one's in ``configurations``
+        (same marker apart from the data identifier) gets a pointer to that folder instead of a copy
 
     Returns
     -------
@@ -141,13 +162,25 @@ def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str
         cases = get_training_cases(raw_dir, dataset_json)
     out_root = Path(preprocessed_dataset_dir)
     summary: dict = {"data_identifiers": {}}
+    owners: dict[str, str] = {}  # preprocessing without the identifier → the folder holding its cases
     for ident, group in _group_by_identifier(plans, configurations, dataset_json).items():
         t0 = time.perf_counter()
         folder = out_root / ident
+        same = json.dumps(marker_without_identifier(group["marker"]), sort_keys=True)
+        if share and same in owners:
+            rebuilt = _share_folder(folder, owners[same], group["marker"], clean)
+            summary["data_identifiers"][ident] = {
+                "configurations": group["names"], "folder": str(folder), "rebuilt": rebuilt, "cases_done": 0,
+                "cases_skipped": len(cases), "shared_with": owners[same],
+                "seconds": round(time.perf_counter() - t0, 3)}
+            log.info("%s: identical preprocessing to %s, shares its cases", ident, owners[same])
+            continue
+        owners[same] = ident
+        (folder / SHARED_POINTER).unlink(missing_ok=True)  # was a pointer before: now holds its own cases
         rebuilt = _prepare_folder(folder, group["marker"], clean)
         todo = [c for c in sorted(cases) if not _case_is_current(folder, c, cases[c])]
         args = [(c, [str(p) for p in cases[c]["images"]], str(cases[c]["label"]) if cases[c].get("label") else None,
-                 plans, group["config"], dataset_json, reader_writer, str(folder)) for c in todo]
+                 plans, group["config"], dataset_json, reader_writer, str(folder), storage) for c in todo]
         map_in_pool(_process_case, args, num_processes, progress, desc=f"preprocessing {ident}")
         summary["data_identifiers"][ident] = {
             "configurations": group["names"], "folder": str(folder), "rebuilt": rebuilt,
