@@ -50,6 +50,10 @@ def _parser(prog: str, fingerprint: bool, plan: bool, preprocess: bool) -> argpa
                        help="b2nd (default): compressed Blosc2 arrays as upstream nnU-Net; npy: uncompressed, "
                             "memory-mapped (several times the disk; for machines where decompression is the "
                             "bottleneck of training)")
+        p.add_argument("--no_share", "--no-share", action="store_true",
+                       help="give every configuration its own copy of the cases (by default a configuration whose "
+                            "preprocessing is identical to an earlier one's, e.g. 2d and 3d_fullres at the same "
+                            "spacing, points to that one's folder)")
     if fingerprint and plan and preprocess:
         p.add_argument("--no_pp", "--no-pp", action="store_true", help="plan only, do not preprocess")
     p.add_argument("-np", type=int, default=default_num_processes(),
@@ -129,7 +133,8 @@ def _preprocess(args: argparse.Namespace, raw_dir: Path, pre_dir: Path, plans: d
     print(f"preprocessing {' '.join(configs)} ...")
     summary = preprocess_dataset(raw_dir, pre_dir, plans, configs, dataset_json,
                                  reader_writer_by_name(plans["image_reader_writer"]), num_processes=args.np,
-                                 clean=args.clean, progress=not args.no_pbar, storage=args.storage)
+                                 clean=args.clean, progress=not args.no_pbar, storage=args.storage,
+                                 share=not args.no_share)
     for ident, info in summary["data_identifiers"].items():
         if info.get("shared_with"):
             print(f"{ident}: same preprocessing as {info['shared_with']}, shares its cases (no copy)")

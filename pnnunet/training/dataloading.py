@@ -19,7 +19,7 @@ from batchgenerators.dataloading.data_loader import DataLoader
 
 from pnnunet.parallel import single_thread_worker
 from pnnunet.preprocessing.previous_stage import load_previous_stage_segmentation
-from pnnunet.preprocessing.storage import load_preprocessed_case
+from pnnunet.preprocessing.storage import case_folder, load_preprocessed_case
 from pnnunet.training.sampling import crop_with_padding, forced_foreground_mask, patch_bbox
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class NNUNetPatchLoader(DataLoader):
         super().__init__(case_ids, batch_size, num_threads_in_multithreaded=1, seed_for_shuffle=None,
                          return_incomplete=False, shuffle=True, infinite=True)
         self.indices = case_ids  # batchgenerators' DataLoader requires it
-        self.folder = Path(folder)
+        self.folder = case_folder(folder)  # a shared folder's pointer is followed once, here
         self.is_2d = len(crop_size) == 2
         # 2D: one slice of the 3D volume; the singleton axis is removed after cropping (§5.2)
         self.crop_size = ((1,) if self.is_2d else ()) + tuple(int(c) for c in crop_size)

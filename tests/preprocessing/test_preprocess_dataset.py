@@ -12,7 +12,7 @@ from pnnunet.errors import PnnunetError
 from pnnunet.imageio import SimpleITKIO
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
 from pnnunet.preprocessing.run import MARKER_NAME, preprocess_dataset
-from pnnunet.preprocessing.storage import load_preprocessed_case
+from pnnunet.preprocessing.storage import SHARED_POINTER, list_cases, load_preprocessed_case
 
 RESAMPLING = {
     "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -144,3 +144,33 @@ def test_worker_errors_survive_pickling():
     with pytest.raises(PnnunetError, match="broken.nii.gz: cannot be read") as info:
         call_picklable(_raise_dataset_error, ("broken.nii.gz",))
     pickle.loads(pickle.dumps(info.value))  # what the pool has to do with it
+
+
+def test_identical_configurations_share_one_copy(raw):
+    tmp_path, cases = raw
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["2d"]["spacing"] = [2.0, 1.0, 1.0]           # same preprocessing as 3d_fullres
+    s = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0)
+    assert s["data_identifiers"]["P_2d"]["shared_with"] == "P_3d_fullres"
+    two_d, three_d = tmp_path / "pre" / "P_2d", tmp_path / "pre" / "P_3d_fullres"
+    assert sorted(p.name for p in two_d.iterdir()) == [SHARED_POINTER, MARKER_NAME]
+    assert list_cases(two_d) == ["c0", "c1", "c2"]
+    assert np.array_equal(load_preprocessed_case(two_d, "c1")[0][...], load_preprocessed_case(three_d, "c1")[0][...])
+    again = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0)["data_identifiers"]
+    assert not again["P_2d"]["rebuilt"] and not again["P_3d_fullres"]["rebuilt"]
+
+    own = _run(tmp_path, cases, plans=plans, configs=("2d",), num_processes=0)["data_identifiers"]["P_2d"]
+    assert own["cases_done"] == 3 and not (two_d / SHARED_POINTER).exists()   # alone: its own copy
+    assert (two_d / "c1.b2nd").is_file()
+
+    plans["configurations"]["2d"]["spacing"] = [1.0, 1.0, 1.0]           # differs again: no sharing
+    s = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0, storage="npy")
+    assert "shared_with" not in s["data_identifiers"]["P_2d"] and (two_d / "c1.npy").is_file()
+
+
+def test_share_can_be_switched_off(raw):
+    tmp_path, cases = raw
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["2d"]["spacing"] = [2.0, 1.0, 1.0]
+    s = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0, share=False)
+    assert s["data_identifiers"]["P_2d"]["cases_done"] == 3
