@@ -81,10 +81,41 @@ def _prepare_folder(folder: Path, marker: dict, clean: bool) -> bool:
     return True
 
 
-def _share_folder(folder: Path, owner: str, marker: dict, clean: bool) -> bool:
+def _sharing_key(marker: dict, config: dict, axis0_spacings: list[float] | None) -> str | None:
+    """What decides a folder's arrays apart from its name, as a comparable string; None: never shared.
+
+    The marker without the data identifier, with a 2D configuration's spacing completed by the cases'
+    own axis-0 spacing (a 2D configuration keeps it, :func:`target_spacing_for`): a 2D and a 3D
+    configuration preprocess identically when every case already has the 3D spacing along axis 0 and
+    everything else agrees. Without the cases' spacings (``axis0_spacings`` None) or with several
+    different ones, a 2D configuration is not shared.
+    """
+    m = marker_without_identifier(marker)
+    spacing = [float(v) for v in config["spacing"]]
+    if len(spacing) == 2:
+        if not axis0_spacings or len(set(axis0_spacings)) != 1:
+            return None
+        spacing = [axis0_spacings[0], *spacing]
+    m["configuration"]["spacing"] = spacing
+    return json.dumps(m, sort_keys=True)
+
+
+def _axis0_spacings(preprocessed_dataset_dir: Path, plans: dict, n_cases: int) -> list[float] | None:
+    """Every case's spacing along the transposed axis 0, from the fingerprint (None if it does not fit)."""
+    fp = preprocessed_dataset_dir / "dataset_fingerprint.json"
+    if not fp.is_file():
+        return None
+    spacings = load_json(fp).get("spacings") or []
+    if len(spacings) != n_cases:
+        return None
+    axis0 = int(plans["transpose_forward"][0])
+    return [float(s[axis0]) for s in spacings]
+
+
+def _share_folder(folder: Path, owner: str, owner_marker: dict, marker: dict, clean: bool) -> bool:
     """Make ``folder`` a pointer to the sibling ``owner`` (identical preprocessing); True if it changed."""
     pointer = folder / SHARED_POINTER
-    expected = {"data_identifier": owner, "marker": marker_without_identifier(marker)}
+    expected = {"data_identifier": owner, "marker": marker_without_identifier(owner_marker)}
     if (not clean and pointer.is_file() and load_json(pointer) == expected
             and (folder / MARKER_NAME).is_file() and load_json(folder / MARKER_NAME) == marker):
         return False
@@ -150,7 +181,7 @@ def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str
     cases : ``{case: {"images": [...], "label": ...}}``; default: discovered in ``raw_dir``
     storage : 'b2nd' (compressed, default) or 'npy' (see :mod:`pnnunet.preprocessing.storage`)
     share : a configuration whose preprocessing equals an earlier one's in ``configurations``
-        (same marker apart from the data identifier) gets a pointer to that folder instead of a copy
+        (:func:`_sharing_key`) gets a pointer to that folder instead of a copy
 
     Returns
     -------
@@ -162,20 +193,23 @@ def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str
         cases = get_training_cases(raw_dir, dataset_json)
     out_root = Path(preprocessed_dataset_dir)
     summary: dict = {"data_identifiers": {}}
-    owners: dict[str, str] = {}  # preprocessing without the identifier → the folder holding its cases
+    owners: dict[str, tuple[str, dict]] = {}  # sharing key → (the folder holding those cases, its marker)
+    axis0 = _axis0_spacings(out_root, plans, len(cases)) if share else None
     for ident, group in _group_by_identifier(plans, configurations, dataset_json).items():
         t0 = time.perf_counter()
         folder = out_root / ident
-        same = json.dumps(marker_without_identifier(group["marker"]), sort_keys=True)
-        if share and same in owners:
-            rebuilt = _share_folder(folder, owners[same], group["marker"], clean)
+        same = _sharing_key(group["marker"], group["config"], axis0) if share else None
+        if same is not None and same in owners:
+            owner, owner_marker = owners[same]
+            rebuilt = _share_folder(folder, owner, owner_marker, group["marker"], clean)
             summary["data_identifiers"][ident] = {
                 "configurations": group["names"], "folder": str(folder), "rebuilt": rebuilt, "cases_done": 0,
-                "cases_skipped": len(cases), "shared_with": owners[same],
+                "cases_skipped": len(cases), "shared_with": owner,
                 "seconds": round(time.perf_counter() - t0, 3)}
-            log.info("%s: identical preprocessing to %s, shares its cases", ident, owners[same])
+            log.info("%s: identical preprocessing to %s, shares its cases", ident, owner)
             continue
-        owners[same] = ident
+        if same is not None:
+            owners[same] = (ident, group["marker"])
         (folder / SHARED_POINTER).unlink(missing_ok=True)  # was a pointer before: now holds its own cases
         rebuilt = _prepare_folder(folder, group["marker"], clean)
         todo = [c for c in sorted(cases) if not _case_is_current(folder, c, cases[c])]

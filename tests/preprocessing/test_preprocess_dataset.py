@@ -1,6 +1,7 @@
 """Dataset-level preprocessing: output layout, resume, stale-folder rebuild, gt copy, process pool."""
 
 import copy
+import json
 import os
 import time
 
@@ -174,3 +175,23 @@ def test_share_can_be_switched_off(raw):
     plans["configurations"]["2d"]["spacing"] = [2.0, 1.0, 1.0]
     s = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0, share=False)
     assert s["data_identifiers"]["P_2d"]["cases_done"] == 3
+
+
+def test_2d_shares_only_when_every_case_has_the_3d_axis0_spacing(raw):
+    tmp_path, cases = raw
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["3d_fullres"]["spacing"] = [1.5, 1.0, 1.0]  # the cases' own spacing (1.5, 1, 1)
+    assert plans["configurations"]["2d"]["spacing"] == [1.0, 1.0]       # 2d keeps each case's axis 0
+    fp = tmp_path / "pre" / "dataset_fingerprint.json"
+    fp.parent.mkdir(parents=True)
+    fp.write_text(json.dumps({"spacings": [[1.5, 1.0, 1.0]] * 3}))
+    s = _run(tmp_path, cases, plans=plans, configs=("2d", "3d_fullres"), num_processes=0)
+    assert s["data_identifiers"]["P_3d_fullres"]["shared_with"] == "P_2d"
+    expected = preprocess_case_files(cases["c0"]["images"], cases["c0"]["label"], plans, "3d_fullres",
+                                     DATASET_JSON, SimpleITKIO())[0]
+    assert np.array_equal(load_preprocessed_case(tmp_path / "pre" / "P_3d_fullres", "c0")[0][...], expected)
+
+    fp.write_text(json.dumps({"spacings": [[1.5, 1.0, 1.0]] * 2 + [[3.0, 1.0, 1.0]]}))  # one case differs
+    s = _run(tmp_path, cases, plans=plans, configs=("2d", "3d_fullres"), num_processes=0)
+    assert "shared_with" not in s["data_identifiers"]["P_3d_fullres"]
+    assert s["data_identifiers"]["P_3d_fullres"]["cases_done"] == 3
