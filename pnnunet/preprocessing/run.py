@@ -195,7 +195,14 @@ def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str
     summary: dict = {"data_identifiers": {}}
     owners: dict[str, tuple[str, dict]] = {}  # sharing key → (the folder holding those cases, its marker)
     axis0 = _axis0_spacings(out_root, plans, len(cases)) if share else None
-    for ident, group in _group_by_identifier(plans, configurations, dataset_json).items():
+    groups = _group_by_identifier(plans, configurations, dataset_json)
+    # 2D configurations first, so that a shared folder is chunked slice by slice: 3D patches read from it
+    # nearly as fast as from 3D chunks, while 2D slices read from 3D chunks are several times slower
+    # (benchmarks/RESULTS.md, "Preprocessed storage")
+    order = sorted(groups, key=lambda i: len(groups[i]["config"].get("patch_size") or [0, 0, 0]) != 2) if share \
+        else list(groups)
+    for ident in order:
+        group = groups[ident]
         t0 = time.perf_counter()
         folder = out_root / ident
         same = _sharing_key(group["marker"], group["config"], axis0) if share else None

@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import blosc2
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -151,22 +152,26 @@ def test_identical_configurations_share_one_copy(raw):
     tmp_path, cases = raw
     plans = copy.deepcopy(PLANS)
     plans["configurations"]["2d"]["spacing"] = [2.0, 1.0, 1.0]           # same preprocessing as 3d_fullres
+    plans["configurations"]["2d"]["patch_size"] = [8, 8]
     s = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0)
-    assert s["data_identifiers"]["P_2d"]["shared_with"] == "P_3d_fullres"
+    assert s["data_identifiers"]["P_3d_fullres"]["shared_with"] == "P_2d"   # the 2D folder holds the cases
     two_d, three_d = tmp_path / "pre" / "P_2d", tmp_path / "pre" / "P_3d_fullres"
-    assert sorted(p.name for p in two_d.iterdir()) == [SHARED_POINTER, MARKER_NAME]
-    assert list_cases(two_d) == ["c0", "c1", "c2"]
-    assert np.array_equal(load_preprocessed_case(two_d, "c1")[0][...], load_preprocessed_case(three_d, "c1")[0][...])
+    assert sorted(p.name for p in three_d.iterdir()) == [SHARED_POINTER, MARKER_NAME]
+    assert blosc2.open(str(two_d / "c1.b2nd")).chunks[1] == 1                # chunked slice by slice
+    assert list_cases(three_d) == ["c0", "c1", "c2"]
+    expected = preprocess_case_files(cases["c1"]["images"], cases["c1"]["label"], plans, "3d_fullres", DATASET_JSON,
+                                     SimpleITKIO())[0]
+    assert np.array_equal(load_preprocessed_case(three_d, "c1")[0][...], expected)
     again = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0)["data_identifiers"]
     assert not again["P_2d"]["rebuilt"] and not again["P_3d_fullres"]["rebuilt"]
 
-    own = _run(tmp_path, cases, plans=plans, configs=("2d",), num_processes=0)["data_identifiers"]["P_2d"]
-    assert own["cases_done"] == 3 and not (two_d / SHARED_POINTER).exists()   # alone: its own copy
-    assert (two_d / "c1.b2nd").is_file()
+    own = _run(tmp_path, cases, plans=plans, configs=("3d_fullres",), num_processes=0)["data_identifiers"]
+    assert own["P_3d_fullres"]["cases_done"] == 3 and not (three_d / SHARED_POINTER).exists()  # alone: own copy
+    assert (three_d / "c1.b2nd").is_file()
 
     plans["configurations"]["2d"]["spacing"] = [1.0, 1.0, 1.0]           # differs again: no sharing
     s = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0, storage="npy")
-    assert "shared_with" not in s["data_identifiers"]["P_2d"] and (two_d / "c1.npy").is_file()
+    assert "shared_with" not in s["data_identifiers"]["P_3d_fullres"] and (two_d / "c1.npy").is_file()
 
 
 def test_share_can_be_switched_off(raw):
