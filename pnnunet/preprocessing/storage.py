@@ -95,13 +95,17 @@ def case_folder(folder: Path | str, marker_name: str = "preprocessing_config.jso
     pointer = folder / SHARED_POINTER
     if not pointer.is_file():
         return folder
-    info = load_json(pointer)
-    owner = folder.parent / str(info["data_identifier"])
     fix = f"rerun pnnunet_plan_and_preprocess for the configuration of {folder.name}"
+    try:
+        info = load_json(pointer)
+        owner = folder.parent / str(info["data_identifier"])
+        expected = info["marker"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PnnunetError(f"{pointer}: is damaged ({type(e).__name__}: {e})\n  fix: {fix}") from None
     if not owner.is_dir():
         raise PnnunetError(f"{folder}: its cases are shared with {owner}, which no longer exists\n  fix: {fix}")
     owner_marker = owner / marker_name
-    if not owner_marker.is_file() or marker_without_identifier(load_json(owner_marker)) != info["marker"]:
+    if not owner_marker.is_file() or marker_without_identifier(load_json(owner_marker)) != expected:
         raise PnnunetError(f"{folder}: its cases are shared with {owner}, which was since preprocessed with other "
                            f"settings\n  fix: {fix}")
     return owner

@@ -161,3 +161,6 @@ def test_shared_pointer_is_followed_and_a_broken_owner_is_an_error(tmp_path):
     shutil.rmtree(owner)
     with pytest.raises(PnnunetError, match="P_3d_fullres, which no longer exists\n  fix: rerun"):
         load_preprocessed_case(other, "c1")
+    (other / SHARED_POINTER).write_text("{")
+    with pytest.raises(PnnunetError, match="cases_shared_with.json: is damaged"):
+        list_cases(other)
