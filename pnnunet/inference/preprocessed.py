@@ -52,15 +52,15 @@ def next_stages(plans: dict, configuration: str, preprocessed_dataset_dir: Path,
 def _export_next_stages(logits: np.ndarray, case: str, plans: dict, configuration: str, dataset_json: dict,
                         stages: Sequence[NextStage]) -> None:
     for stage in stages:
-        data_file = stage.preprocessed_folder / f"{case}.npy"
-        if not data_file.is_file():
+        shape = preprocessed_case_shape(stage.preprocessed_folder, case)
+        if shape is None:
             log.warning("%s: not preprocessed for %s, so its input for that stage is not written (fix: "
                         "pnnunet_plan_and_preprocess -c %s, then rerun the validation with --val)", case, stage.name,
                         stage.name)
             continue
-        shape = np.load(data_file, mmap_mode="r").shape[1:]
-        seg = logits_to_next_stage_segmentation(logits, plans, configuration, shape, dataset_json)
-        ps.save_next_stage_segmentation(stage.output_folder, case, seg)
+        seg = logits_to_next_stage_segmentation(logits, plans, configuration, shape[1:], dataset_json)
+        ps.save_next_stage_segmentation(stage.output_folder, case, seg,
+                                        ConfigurationPlan.from_plans(plans, stage.name).patch_size)
 
 
 def predict_preprocessed_cases(predict: CasePredictor, cases: Sequence[str], preprocessed_folder: Path, plans: dict,
