@@ -63,12 +63,13 @@ def make_batch(plans_path: Path, configuration: str, batch_size: int | None, num
 
 def _real_batches(preprocessed: Path, configuration: str, batch_size: int, workers: int, seed: int):
     from pnnunet.plans import ConfigurationPlan, load_plans
+    from pnnunet.preprocessing.storage import list_cases
     from pnnunet.training.augmentation import make_batch_iterators
 
     plans = load_plans(preprocessed / "pnnunetPlans.json")
     plan = ConfigurationPlan.from_plans(plans, configuration, preprocessed / "pnnunetPlans.json")
     folder = preprocessed / plan.data_identifier
-    ids = sorted(p.name[:-len("_seg.npy")] for p in folder.glob("*_seg.npy"))
+    ids = list_cases(folder)
     train_iter, val_iter = make_batch_iterators(folder, plan, ids, ids[:1], workers, seed=seed,
                                                 batch_size=batch_size)
     return train_iter, val_iter, list(plan.patch_size)

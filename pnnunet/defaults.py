@@ -24,6 +24,8 @@ INFORMATION_FILE = "inference_instructions.json"   # upstream: inference_informa
 INSTRUCTIONS_TEXT_FILE = "inference_instructions.txt"
 POSTPROCESSING_FILE = "postprocessing.json"
 SPLITS_FILE = "splits_final.json"
+VALIDATION_SETTINGS_FILE = "validation_settings.json"  # fold_K/validation/: how it was predicted (TTA, step)
+DEFAULT_STEP_SIZE = 0.5
 
 Fold = Union[int, str]
 NUM_FOLDS = 5

@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pnnunet.errors import DatasetError
+
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -67,3 +69,20 @@ def save_npy_atomic(path: Path | str, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array))
+
+
+def read_json_file(path: Path | str, missing_fix: str, what: str | None = None) -> Any:
+    """Parse the JSON file ``path``; a missing file, broken JSON (line and column named) or a file that is not
+    UTF-8 text is a :class:`DatasetError` naming the file and the fix (``missing_fix`` for a missing file)."""
+    path = Path(path)
+    what = what or path.name
+    if not path.is_file():
+        raise DatasetError(path, f"{what} not found", missing_fix)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(path, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
+                           "fix the JSON syntax at that position (a missing comma or quote, or a trailing comma), "
+                           "or write the file again") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(path, f"is not a UTF-8 text file ({e})", f"save {what} as UTF-8 JSON") from None

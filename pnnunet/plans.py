@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pnnunet.errors import DatasetError
-from pnnunet.fileio import load_json, write_json_atomic
+from pnnunet.fileio import load_json, read_json_file, write_json_atomic
 
 CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres")
 REQUIRED_GLOBAL = ("transpose_forward", "transpose_backward", "configurations",
@@ -88,12 +88,7 @@ class ConfigurationPlan:
 def load_plans(path: Path | str) -> dict:
     """Load a plans JSON (ours or upstream's) and check the global keys."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(path, "plans file not found", "run pnnunet_plan_and_preprocess for this dataset first")
-    try:
-        plans = load_json(path)
-    except ValueError as e:
-        raise DatasetError(path, f"is not valid JSON ({e})", "re-run planning or repair the file") from None
+    plans = read_json_file(path, "run pnnunet_plan_and_preprocess for this dataset first", "plans file")
     missing = [k for k in REQUIRED_GLOBAL if k not in plans]
     if missing:
         raise DatasetError(path, f"misses keys {missing}", "re-run pnnunet_plan_and_preprocess")

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from pnnunet.preprocessing.storage import open_array, preprocessed_case_shape
+
 pytestmark = pytest.mark.e2e
 pytest.importorskip("paddle")
 
@@ -98,13 +100,13 @@ def trained(workspace) -> Path:
 def test_lowres_validation_writes_the_next_stage_input(trained):
     folder = _model(trained, "3d_lowres") / "predicted_next_stage" / "3d_cascade_fullres"
     fullres = trained / "pre" / DATASET / f"{PLANS}_3d_fullres"
-    files = sorted(folder.glob("*.npy"))
+    files = sorted(folder.glob("*.b2nd"))
     assert [f.stem for f in files] == [f"toy_{i:03d}" for i in range(N_TRAIN)]
     for f in files:
-        seg = np.load(f)
+        seg = open_array(f, mmap=False)
         assert seg.dtype == np.uint8 and set(np.unique(seg)) <= {0, 1, 2}
         # in the fullres preprocessed grid, not the lowres one
-        assert seg.shape == np.load(fullres / f.name, mmap_mode="r").shape[1:]
+        assert seg.shape == preprocessed_case_shape(fullres, f.stem)[1:]
 
 
 def test_cascade_network_sees_image_plus_one_hot_lowres(trained):

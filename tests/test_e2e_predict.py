@@ -125,3 +125,32 @@ def test_follows_inference_instructions_ensemble_with_postprocessing(workspace):
     apply_postprocessing_to_folder(manual / "ens", manual / "pp", PP, num_processes=1)
     for case in CASES:
         np.testing.assert_array_equal(_seg(best / f"{case}.nii.gz"), _seg(manual / "pp" / f"{case}.nii.gz"))
+
+
+def test_parts_in_concurrent_processes_equal_one_run(workspace):
+    """-num_parts 2: two processes at once into one folder give exactly the files and voxels of one run."""
+    images = workspace / "imagesTs4"
+    images.mkdir()
+    cases = sorted(p.name for p in (BUNDLED_SAMPLE / "imagesTs").glob("*.nii.gz"))
+    assert len(cases) == 4
+    for name in cases:
+        shutil.copyfile(BUNDLED_SAMPLE / "imagesTs" / name, images / name)
+    common = ["-i", str(images), "-c", "3d_fullres", "-p", PLANS, "-npp", "0", "-nps", "0", "--no_pbar"]
+    one = subprocess.run([sys.executable, "-m", "pnnunet.cli.predict", *common, "-o", str(workspace / "one")],
+                         env=_env(workspace), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    parts = [subprocess.Popen([sys.executable, "-m", "pnnunet.cli.predict", *common, "-o", str(workspace / "parts"),
+                               "-num_parts", "2", "-part_id", str(k)], env=_env(workspace),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    outputs = [p.communicate(timeout=600) for p in parts]
+    assert [p.returncode for p in parts] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert "predicted 2 of 2 cases" in outputs[0][0] and "predicted 2 of 2 cases" in outputs[1][0]
+    files = sorted(p.name for p in (workspace / "one").iterdir())
+    assert files == sorted(p.name for p in (workspace / "parts").iterdir())
+    assert [f for f in files if f.endswith(".nii.gz")] == cases
+    for name in cases:
+        assert np.array_equal(_seg(workspace / "one" / name), _seg(workspace / "parts" / name)), name
+    bad = _predict(workspace, "-o", str(workspace / "bad_part"), "-c", "3d_fullres", "-p", PLANS, "-num_parts", "2",
+                   "-part_id", "2")
+    assert bad.returncode == 1 and "part_id must be in 0 .. num_parts-1" in bad.stderr
+    assert not (workspace / "bad_part").exists()

@@ -3,6 +3,7 @@ kill → resume with --c → final validation → summary.json (reference §5.7�
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +83,38 @@ def test_train_kill_resume_validate(workspace):
     assert again["foreground_mean"]["Dice"] == pytest.approx(summary["foreground_mean"]["Dice"], abs=1e-12)
     for label in ("1", "2"):
         assert again["mean"][label]["Dice"] == pytest.approx(summary["mean"][label]["Dice"], abs=1e-12)
+
+
+UPSTREAM_PREPROCESSED = Path(__file__).resolve().parent / "data" / "upstream_preprocessed_b2nd"
+
+
+def test_train_on_upstream_preprocessed_folder(tmp_path):
+    """Upstream nnU-Net's own preprocessed folder (.b2nd + .pkl, nnUNetPlans.json) trains and validates as is.
+
+    Only the network width in the copied plans is reduced (features 32…256 → 4…32) to keep the test fast;
+    the cases, properties and everything else are upstream's files unchanged.
+    """
+    pre = tmp_path / "pre" / "Dataset004_Hippocampus"
+    shutil.copytree(UPSTREAM_PREPROCESSED, pre, ignore=shutil.ignore_patterns("README.md"))
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    assert arch["conv_op"] == "torch.nn.modules.conv.Conv3d"  # upstream's plans, not ours
+    arch["features_per_stage"] = [4, 8, 16, 32]
+    (pre / "nnUNetPlans.json").write_text(json.dumps(plans))
+    (tmp_path / "raw").mkdir()
+    out = subprocess.run(_cli("train", "3d_fullres", "0", "-d", "4", "-p", "nnUNetPlans", "--epochs", "1",
+                              "--iterations_per_epoch", "2", "--val_iterations_per_epoch", "1", "--num_workers", "0",
+                              "-device", "cpu", "--no_pbar"), env=_env(tmp_path), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "4 training, 1 validation cases" in out.stdout + out.stderr
+    fold = tmp_path / "res" / "Dataset004_Hippocampus" / "pnnunetTrainer__nnUNetPlans__3d_fullres" / "fold_0"
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    splits = json.loads((pre / "splits_final.json").read_text())
+    assert [m["reference_file"].split("/")[-1] for m in summary["metric_per_case"]] == \
+        [f"{c}.nii.gz" for c in splits[0]["val"]]
+    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    assert sorted(p.name for p in (pre / "nnUNetPlans_3d_fullres").iterdir())[:3] == \
+        ["hippocampus_001.b2nd", "hippocampus_001.pkl", "hippocampus_001_seg.b2nd"]  # read, nothing rewritten
 
 
 DDP_EPOCHS = 3

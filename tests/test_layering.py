@@ -41,6 +41,8 @@ LOCAL_IMPORTS_ALLOWED = {
                                                        "the trainer imports Paddle at load time",
     ("pnnunet.cli.predict", "pnnunet.inference"): "deferred until import_paddle() has checked the install: the "
                                                   "pipeline imports Paddle at load time",
+    ("pnnunet.cli.selfcheck", "pnnunet.evaluation.selfcheck"): "deferred until import_paddle() has checked the "
+                                                               "install: the self-check trains with Paddle",
 }
 
 

@@ -1,6 +1,7 @@
-"""Compare every preprocessed case of upstream nnU-Net v2 (.b2nd + .pkl) with pnnunet's (.npy + .json).
+"""Compare every preprocessed case of upstream nnU-Net v2 (.b2nd + .pkl) with pnnunet's (.b2nd or .npy + .json).
 
-Run with the UPSTREAM venv's python (needs blosc2); reads pnnunet's files with numpy/json only:
+Run with the UPSTREAM venv's python (needs blosc2); reads pnnunet's files with blosc2/numpy/json only
+(a folder holding ``cases_shared_with.json`` is read from the folder it names):
     python compare_preprocessed.py UPSTREAM_PREPROCESSED_ROOT PNNUNET_PREPROCESSED_ROOT
 Prints one JSON line per configuration summary at the end (max abs data diff, seg mismatches,
 class-location mismatches, bbox mismatches, cases compared).
@@ -15,6 +16,16 @@ import blosc2
 import numpy as np
 
 
+def _array(folder: Path, name: str) -> np.ndarray:
+    b2nd = folder / f"{name}.b2nd"
+    return blosc2.open(str(b2nd), mode="r")[:] if b2nd.is_file() else np.load(folder / f"{name}.npy")
+
+
+def _case_folder(folder: Path) -> Path:
+    pointer = folder / "cases_shared_with.json"
+    return folder.parent / json.loads(pointer.read_text())["data_identifier"] if pointer.is_file() else folder
+
+
 def main(up_root: Path, pn_root: Path) -> None:
     up_ds = next(p for p in up_root.iterdir() if p.is_dir())
     pn_ds = next(p for p in pn_root.iterdir() if p.is_dir())
@@ -25,6 +36,7 @@ def main(up_root: Path, pn_root: Path) -> None:
         if not pn_cfg.is_dir():
             result[cfg] = "missing in pnnunet"
             continue
+        pn_cfg = _case_folder(pn_cfg)
         stats = {"cases": 0, "max_abs_data_diff": 0.0, "seg_mismatch_cases": 0, "shape_mismatch_cases": 0,
                  "bbox_mismatch_cases": 0, "class_location_mismatch_cases": 0}
         for pkl in sorted(up_cfg.glob("*.pkl")):
@@ -33,8 +45,8 @@ def main(up_root: Path, pn_root: Path) -> None:
                 up_props = pickle.load(f)
             up_data = blosc2.open(str(up_cfg / f"{case}.b2nd"), mode="r")[:]
             up_seg = blosc2.open(str(up_cfg / f"{case}_seg.b2nd"), mode="r")[:]
-            pn_data = np.load(pn_cfg / f"{case}.npy")
-            pn_seg = np.load(pn_cfg / f"{case}_seg.npy")
+            pn_data = _array(pn_cfg, case)
+            pn_seg = _array(pn_cfg, f"{case}_seg")
             pn_props = json.loads((pn_cfg / f"{case}.json").read_text())
             stats["cases"] += 1
             if up_data.shape != pn_data.shape or up_seg.shape != pn_seg.shape:

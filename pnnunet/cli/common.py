@@ -23,9 +23,36 @@ def default_num_processes(cap: int = 4) -> int:
     return max(1, min(cap, os.cpu_count() or 1))
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stdout,
-                        force=True)
+class _StdoutHandler(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` is when a record is emitted."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler assigns it; stdout is looked up per record
+        pass
+
+
+def setup_logging(verbose: bool = False) -> logging.Logger:
+    """Print the records of the ``pnnunet`` logger (and its children) to stdout, message only.
+
+    The ``pnnunet`` logger is configured itself (own handler, own level, no propagation), not the
+    root logger: importing Paddle 2.6 sets the root logger's level to WARNING
+    (``paddle.distributed.utils.log_utils.get_logger(name="root")``), and pnnunet's INFO lines
+    (progress, epoch lines, the training log) must not depend on who configured root first.
+    Calling it again replaces the handler; :func:`run_cli` restores the previous state afterwards.
+    """
+    logger = logging.getLogger("pnnunet")
+    for h in [h for h in logger.handlers if isinstance(h, _StdoutHandler)]:
+        logger.removeHandler(h)
+    handler = _StdoutHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    return logger
 
 
 def get_roots() -> Roots:
@@ -49,6 +76,8 @@ def run_cli(body: Callable[[argparse.Namespace], int], parser: argparse.Argument
     """Parse ``argv`` strictly, run ``body`` and turn user errors into exit code 1."""
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="No ccache found")  # Paddle's import-time notice
+    logger = logging.getLogger("pnnunet")
+    saved = logger.level, logger.propagate, list(logger.handlers)
     setup_logging(getattr(args, "verbose", False))
     try:
         return body(args)
@@ -58,3 +87,7 @@ def run_cli(body: Callable[[argparse.Namespace], int], parser: argparse.Argument
     except KeyboardInterrupt:
         print("pnnunet: interrupted; finished outputs are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:  # a CLI called in-process (tests, notebooks) leaves the logger as it found it
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logger.handlers[:] = saved[2]

@@ -42,6 +42,8 @@ def _run(args: argparse.Namespace) -> int:
     print(result.table())
     for note in result.notes:
         print(f"note: {note}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     print()
     print(f"selected: {result.best.name}")
     print(describe_postprocessing(result.postprocessing, {int(k): v for k, v in result.names.items()

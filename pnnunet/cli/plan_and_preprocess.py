@@ -21,12 +21,28 @@ from pnnunet.planning.planner import PLANNER_ALIASES, PLANNER_PRESETS
 from pnnunet.planning.run import fingerprint_dataset, plan_dataset
 from pnnunet.plans import load_plans
 from pnnunet.preprocessing.run import preprocess_dataset
+from pnnunet.preprocessing.storage import DEFAULT_STORAGE, STORAGE_FORMATS
 
 DEFAULT_CONFIGS = ("2d", "3d_fullres", "3d_lowres")
 
 
+def _description(fingerprint: bool, plan: bool, preprocess: bool) -> str:
+    if fingerprint and plan and preprocess:
+        return "Fingerprint, plan and preprocess a dataset like nnU-Net v2."
+    if fingerprint:
+        return ("Extract the dataset fingerprint (spacings, shapes, foreground intensities) into "
+                "$pnnunet_preprocessed/DatasetXXX_Name/dataset_fingerprint.json, like nnU-Net v2.")
+    if plan:
+        return ("Plan the configurations (2d, 3d_fullres, 3d_lowres + 3d_cascade_fullres) from the dataset "
+                "fingerprint into the plans file (pnnunetPlans.json), like nnU-Net v2; run "
+                "pnnunet_extract_fingerprint first.")
+    return ("Preprocess the training cases for the configurations of an existing plans file (crop, normalize, "
+            "resample) into $pnnunet_preprocessed/DatasetXXX_Name/<plans>_<configuration>/, like nnU-Net v2; "
+            "run pnnunet_plan_experiment first.")
+
+
 def _parser(prog: str, fingerprint: bool, plan: bool, preprocess: bool) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Fingerprint, plan and preprocess a dataset like nnU-Net v2.")
+    p = argparse.ArgumentParser(prog=prog, description=_description(fingerprint, plan, preprocess))
     add_dataset_arg(p, multiple=True)
     if fingerprint:
         p.add_argument("-npfp", type=int, default=None, help="processes for the fingerprint (default: -np)")
@@ -45,6 +61,14 @@ def _parser(prog: str, fingerprint: bool, plan: bool, preprocess: bool) -> argpa
     if preprocess:
         p.add_argument("-c", nargs="+", default=list(DEFAULT_CONFIGS),
                        help="configurations to preprocess (default 2d 3d_fullres 3d_lowres; missing ones are skipped)")
+        p.add_argument("--storage", choices=list(STORAGE_FORMATS), default=DEFAULT_STORAGE,
+                       help="b2nd (default): compressed Blosc2 arrays as upstream nnU-Net; npy: uncompressed, "
+                            "memory-mapped (several times the disk; for machines where decompression is the "
+                            "bottleneck of training)")
+        p.add_argument("--no_share", "--no-share", action="store_true",
+                       help="give every configuration its own copy of the cases (by default a configuration whose "
+                            "preprocessing is identical to an earlier one's, e.g. 2d and 3d_fullres at the same "
+                            "spacing, points to that one's folder)")
     if fingerprint and plan and preprocess:
         p.add_argument("--no_pp", "--no-pp", action="store_true", help="plan only, do not preprocess")
     p.add_argument("-np", type=int, default=default_num_processes(),
@@ -121,11 +145,14 @@ def _preprocess(args: argparse.Namespace, raw_dir: Path, pre_dir: Path, plans: d
     if skipped:
         print(f"not in the plans, skipped: {', '.join(skipped)}")
     get_training_cases(raw_dir, dataset_json)  # fail early on a broken folder
-    for c in configs:
-        print(f"preprocessing {c} ...")
-        preprocess_dataset(raw_dir, pre_dir, plans, [c], dataset_json,
-                                     reader_writer_by_name(plans["image_reader_writer"]),
-                                     num_processes=args.np, clean=args.clean, progress=not args.no_pbar)
+    print(f"preprocessing {' '.join(configs)} ...")
+    summary = preprocess_dataset(raw_dir, pre_dir, plans, configs, dataset_json,
+                                 reader_writer_by_name(plans["image_reader_writer"]), num_processes=args.np,
+                                 clean=args.clean, progress=not args.no_pbar, storage=args.storage,
+                                 share=not args.no_share)
+    for ident, info in summary["data_identifiers"].items():
+        if info.get("shared_with"):
+            print(f"{ident}: same preprocessing as {info['shared_with']}, shares its cases (no copy)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

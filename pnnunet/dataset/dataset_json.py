@@ -8,12 +8,12 @@ kept unchanged.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import DatasetError
+from pnnunet.fileio import read_json_file
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 
@@ -39,17 +39,7 @@ def load_dataset_json(path: Path) -> dict:
         required keys (all missing keys are named) or has malformed ``labels``/``channel_names``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(path, "dataset.json not found",
-                           f"create it next to imagesTr/ and labelsTr/, for example {_EXAMPLE}")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(path, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
-                           "fix the JSON syntax at that position (a missing comma or quote, or a trailing "
-                           "comma)") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(path, f"is not a UTF-8 text file ({e})", "save dataset.json as UTF-8 JSON") from None
+    d = read_json_file(path, f"create it next to imagesTr/ and labelsTr/, for example {_EXAMPLE}")
     return validate_dataset_json(d, path)
 
 

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from pnnunet.dataset.dataset_json import is_msd_dataset_json, load_dataset_json, validate_dataset_json
 from pnnunet.parallel import map_in_pool
 from pnnunet.errors import DatasetError, DatasetProblems, PnnunetError
-from pnnunet.fileio import load_json, write_json_atomic
+from pnnunet.fileio import load_json, read_json_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -356,14 +356,7 @@ def convert_msd_dataset(src: Path, raw_root: Path, dataset_id: int | None = None
         if not (src / sub).is_dir():
             raise DatasetError(src / sub, f"{sub} folder not found", "an MSD folder has imagesTr/, labelsTr/ "
                                "and dataset.json")
-    try:
-        msd = json.loads((src / "dataset.json").read_text())
-    except FileNotFoundError:
-        raise DatasetError(src / "dataset.json", "dataset.json not found",
-                           "an MSD folder has imagesTr/, labelsTr/ and dataset.json") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(src / "dataset.json", f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}",
-                           "fix the JSON syntax at that position") from None
+    msd = read_json_file(src / "dataset.json", "an MSD folder has imagesTr/, labelsTr/ and dataset.json")
     if not is_msd_dataset_json(msd):
         raise DatasetError(src / "dataset.json", "is not an MSD/v1 dataset.json (needs 'modality', 'labels' "
                            "int → name and 'training')", "for a v2 dataset folder use import_dataset_folder")

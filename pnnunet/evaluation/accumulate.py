@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pnnunet.dataset.labels import LabelInfo
+from pnnunet.defaults import VALIDATION_SETTINGS_FILE
 from pnnunet.errors import DatasetError
 from pnnunet.metrics import compute_metrics_on_folder
 from pnnunet.fileio import atomic_path, load_json
@@ -65,6 +66,19 @@ def collect_cv_predictions(model_dir: Path, folds: Sequence[int | str], file_end
                                    "each case must be in exactly one fold's validation (check splits_final.json)")
             mapping[f] = val / f
     return mapping
+
+
+def validation_deviations(model_dir: Path | str, folds: Sequence[int | str]) -> dict[str, list[int | str]]:
+    """``{deviation: [folds]}``: how the folds' validations differ from upstream's, as each recorded it in
+    ``fold_K/validation/validation_settings.json`` (e.g. made with ``--val_disable_tta``). Folds without that
+    file (validated by an older pnnunet) count as upstream's validation."""
+    found: dict[str, list[int | str]] = {}
+    for fold in folds:
+        path = Path(model_dir) / f"fold_{fold}" / "validation" / VALIDATION_SETTINGS_FILE
+        if path.is_file():
+            for deviation in load_json(path).get("deviations", []):
+                found.setdefault(str(deviation), []).append(fold)
+    return found
 
 
 def accumulate_cv_results(model_dir: Path | str, folds: Sequence[int | str], output_folder: Path | str | None,

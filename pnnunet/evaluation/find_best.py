@@ -23,7 +23,8 @@ from pnnunet.dataset.labels import LabelInfo
 from pnnunet.defaults import (DEFAULT_PLANS, DEFAULT_TRAINER, INFORMATION_FILE, INSTRUCTIONS_TEXT_FILE,
                               POSTPROCESSING_FILE)
 from pnnunet.errors import DatasetError, PnnunetError
-from pnnunet.evaluation.accumulate import accumulate_cv_results, crossval_folder_name, folds_to_string
+from pnnunet.evaluation.accumulate import (accumulate_cv_results, crossval_folder_name, folds_to_string,
+                                          validation_deviations)
 from pnnunet.metrics import compute_metrics_on_folder
 from pnnunet.evaluation.report import class_names
 from pnnunet.fileio import atomic_path, load_json, write_json_atomic
@@ -105,6 +106,7 @@ class BestConfiguration:
     information: dict
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # inputs made unlike upstream's (e.g. without mirroring)
 
     def display_names(self) -> tuple[list[str], str]:
         """Short candidate names for the table (configurations only when trainer and plans are shared) + legend."""
@@ -296,7 +298,12 @@ def find_best_configuration(dataset_name: str, results_root: Path | str, preproc
     models = select_models(results_dataset, preprocessed_dataset, configurations, trainers, plans_names, notes)
 
     candidates = []
+    warnings: list[str] = []
     for m in models:
+        for deviation, dev_folds in validation_deviations(results_dataset / m.identifier, folds).items():
+            warnings.append(f"{m.identifier}: fold(s) {', '.join(map(str, dev_folds))} validated with {deviation}: "
+                            "its cross-validation Dice is not upstream's and not comparable with models validated "
+                            "the standard way (fix: pnnunet_train ... FOLD --val without that flag)")
         summary = accumulate_cv_results(results_dataset / m.identifier, folds, None, gt_folder, num_processes)
         source = results_dataset / m.identifier / crossval_folder_name(folds)
         candidates.append(Candidate(m.identifier, source, (m,), summary))
@@ -319,6 +326,8 @@ def find_best_configuration(dataset_name: str, results_root: Path | str, preproc
         notes.append("ensembling disabled")
     for note in notes:
         log.info("note: %s", note)
+    for warning in warnings:
+        log.warning("warning: %s", warning)
 
     best = best_candidate(candidates)
     log.info("best: %s (foreground mean Dice %.4f); determining postprocessing", best.name, best.dice)
@@ -347,9 +356,10 @@ def find_best_configuration(dataset_name: str, results_root: Path | str, preproc
             "selected_model_or_models": [m.selected() for m in best.models],
         },
         "notes": notes,
+        "warnings": warnings,
     }
     write_json_atomic(files["information"], information)
     with atomic_path(files["instructions"]) as tmp:
         tmp.write_text(inference_instructions(information, results_dataset, num_processes))
     names = class_names(load_json(best.source / "dataset.json"))
-    return BestConfiguration(dataset_name, folds, candidates, best, pp, names, information, files, notes)
+    return BestConfiguration(dataset_name, folds, candidates, best, pp, names, information, files, notes, warnings)

@@ -39,13 +39,13 @@ from pnnunet.imageio import ImageIO, reader_writer_by_name, reader_writer_for
 from pnnunet.inference.export_prediction import export_prediction
 from pnnunet.inference.model_folder import DEFAULT_CHECKPOINT, Fold, ModelFolder, load_model_folder
 from pnnunet.inference.sliding_window import accumulation_dtype as check_accumulation_dtype
-from pnnunet.inference.sliding_window import predict_sliding_window
-from pnnunet.inference.static_graph import make_predict_fn, resolve_precision
+from pnnunet.inference.case_predictor import CasePredictor
+from pnnunet.inference.static_graph import resolve_precision
 from pnnunet.parallel import call_picklable, single_thread_worker
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
 from pnnunet.preprocessing.previous_stage import append_previous_stage
 from pnnunet.runtime.device import import_paddle, pick_device, set_cpu_threads
-from pnnunet.runtime.network import build_network
+from pnnunet.runtime.network import build_network, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class PredictionSummary:
     num_predicted: int
     num_skipped: int  # already present (--continue_prediction)
     seconds: float
-    backend: str  # "bf16", "static" (Paddle Inference) or "eager"
+    backend: str  # "bf16", "static" (Paddle Inference), "eager"; "gpu-fp16" / "gpu-fp32" on a GPU
 
     @property
     def seconds_per_case(self) -> float:
@@ -262,7 +262,6 @@ class Predictor:
         self.progress = progress
         self.device = pick_device(device)
         if self.device == "cpu":
-
             set_cpu_threads(self.num_threads)
 
         self.precision = resolve_precision(precision, self.device)
@@ -273,7 +272,8 @@ class Predictor:
             raise PnnunetError(f"accumulation_dtype {accumulation_dtype!r}: {e}") from None
         self.num_outputs = self.model.labels.num_segmentation_heads
         self._predict_fns: list | None = None
-        self.backend = "bf16" if self.precision == "bf16" else "static" if use_static_graph else "eager"
+        self.backend = ("bf16" if self.precision == "bf16" else f"gpu-{self.precision}" if self.device != "cpu"
+                        else "static" if use_static_graph else "eager")
 
     # ---- network ------------------------------------------------------------------------------
     def _network_builder(self, weights: dict):
@@ -293,14 +293,13 @@ class Predictor:
         if self._predict_fns is not None:
             return
 
-        fns, backends = [], []
-        for fold in self.model.folds:
-            fn, backend = make_predict_fn(self._network_builder(fold.weights), fold.checkpoint_path,
-                                          self.model.num_input_channels, len(self.plan.patch_size), self.device,
-                                          self.use_static_graph, self.num_threads, self.precision)
-            fns.append(fn)
-            backends.append(backend)
-        self._predict_fns = fns
+        self._predict_fns = [CasePredictor(self._network_builder(fold.weights), fold.checkpoint_path,
+                                           self.model.num_input_channels, self.plan.patch_size, self.num_outputs,
+                                           device=self.device, precision=self.precision,
+                                           use_static_graph=self.use_static_graph, num_threads=self.num_threads,
+                                           tile_batch_size=self.tile_batch_size,
+                                           accumulation_dtype=self.accumulation_dtype)
+                             for fold in self.model.folds]
         self.backend = self.current_backend
 
     @property
@@ -309,7 +308,7 @@ class Predictor:
         Inference, float32) or ``eager``; ``mixed`` if the folds differ (a static fold fell back)."""
         if self._predict_fns is None:
             return self.backend
-        names = {getattr(f, "backend", "eager") for f in self._predict_fns}
+        names = {f.backend for f in self._predict_fns}
         return names.pop() if len(names) == 1 else "mixed"
 
     def predict_logits(self, data: np.ndarray) -> np.ndarray:
@@ -326,9 +325,7 @@ class Predictor:
         self.prepare()
         total = None
         for fold, predict in zip(self.model.folds, self._predict_fns):
-            logits = predict_sliding_window(predict, data, self.plan.patch_size, self.num_outputs, self.step_size,
-                                            fold.mirror_axes if self.use_tta else None, True, self.tile_batch_size,
-                                            dtype=self.accumulation_dtype)
+            logits = predict(data, fold.mirror_axes if self.use_tta else None, self.step_size)
             if total is None:
                 total = logits
             else:
@@ -482,20 +479,3 @@ class Predictor:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-
-def load_weights(network, weights: dict) -> None:
-    """Load numpy ``weights`` into ``network``; keys and shapes must match exactly.
-
-    Paddle's ``set_state_dict`` only warns about mismatches; a checkpoint of another architecture
-    must fail loudly instead.
-    """
-    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(weights) if tuple(np.shape(weights[k])) != expected[k])
-    if missing or unexpected or wrong:
-        parts = [f"{name}: {keys[:3]}{' ...' if len(keys) > 3 else ''}" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise PnnunetError("the checkpoint's weights do not fit the network of the plan (" + "; ".join(parts) +
-                           ")\n  fix: use the plans.json the model was trained with")
-    network.set_state_dict(weights)

@@ -108,6 +108,14 @@ def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], step_siz
     return steps
 
 
+def check_step_size(step_size: float, flag: str = "-step_size") -> float:
+    """``step_size`` as a float if it is a valid tile step (in (0, 1]); a PnnunetError naming ``flag`` otherwise."""
+    if not 0 < step_size <= 1:
+        raise PnnunetError(f"{flag} {step_size}: the tile step must be in (0, 1] (a fraction of the patch)\n"
+                           f"  fix: use e.g. {flag} 0.5 (upstream's default) or {flag} 1 (fewer tiles, faster)")
+    return float(step_size)
+
+
 def pad_to_patch(data: np.ndarray, patch_size: Sequence[int]) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Pad the last ``len(patch_size)`` axes with 0 up to at least the patch size (reference §7.3).
 
@@ -162,6 +170,17 @@ def iter_tiles(image_size: Sequence[int], patch_size: Sequence[int], step_size: 
                 yield (d, *(slice(s, s + p) for s, p in zip(starts, patch_size)))
     else:
         raise ValueError(f"a patch of {len(patch_size)} axes cannot tile an image of {len(image_size)} axes")
+
+
+def count_tiles(image_size: Sequence[int], patch_size: Sequence[int], step_size: float = 0.5) -> int:
+    """Number of tiles :func:`predict_sliding_window` predicts for an unpadded image of ``image_size``
+    (spatial axes): the image padded to the patch, then :func:`iter_tiles` counted without building them."""
+    n_lead = len(image_size) - len(patch_size)
+    if n_lead not in (0, 1):
+        raise ValueError(f"a patch of {len(patch_size)} axes cannot tile an image of {len(image_size)} axes")
+    padded = [max(int(s), int(p)) for s, p in zip(image_size[n_lead:], patch_size)]
+    n = int(np.prod([len(axis) for axis in compute_steps(padded, patch_size, step_size)]))
+    return n * (int(image_size[0]) if n_lead else 1)
 
 
 def mirror_combinations(mirror_axes: Sequence[int] | None) -> list[tuple[int, ...]]:
@@ -263,7 +282,8 @@ def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: 
     log.debug("sliding window: %d tiles of %s on %s, %d mirror passes", len(tiles), patch_size, spatial, len(combos))
 
     # freed activations are reused across tiles instead of being page-faulted in again (heap.py)
-    with reuse_freed_memory(), tqdm(total=len(tiles), disable=not progress, desc="tiles") as bar:
+    with reuse_freed_memory(), tqdm(total=len(tiles), disable=not progress, desc="tiles", unit="tile",
+                                         leave=False) as bar:
         for start in range(0, len(tiles), tiles_per_call):
             group = tiles[start:start + tiles_per_call]
             x = np.stack([np.asarray(padded[(slice(None), *t)], dtype=np.float32) for t in group])

@@ -28,7 +28,8 @@ import numpy as np
 
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json, write_json_atomic
-from pnnunet.runtime.device import import_paddle
+from pnnunet.runtime.amp import amp_enabled_for
+from pnnunet.runtime.device import PADDLE_RUNTIME_ERRORS, import_paddle, raise_if_out_of_memory
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import bf16_supported
 
@@ -261,8 +262,10 @@ class _FallbackPredictFn:
         if self._eager is None:
             try:
                 return self._static(x)
-            except Exception as e:  # noqa: BLE001 - any failure inside Paddle Inference: predict eagerly
-                log.warning("%s: the static-graph predictor failed on input %s (%s: %s); using the eager "
+            except PADDLE_RUNTIME_ERRORS as e:  # a failure inside Paddle Inference: predict eagerly
+                raise_if_out_of_memory(e, f"predicting a batch of {x.shape[0]} tile(s) of {tuple(x.shape[2:])}",
+                                       "pnnunet_predict --tile_batch_size 1, or fewer -npp/-nps processes")
+                log.warning("warning: %s: the static-graph predictor failed on input %s (%s: %s); using the eager "
                             "network instead", self._name, tuple(x.shape), type(e).__name__, str(e).strip()[:300])
                 self._eager = eager_predict_fn(self._build())
                 self._static = None
@@ -282,11 +285,16 @@ def bf16_predict_fn(network) -> PredictFn | None:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` → ``bf16`` on a CPU with native bfloat16 convolutions, else ``fp32``."""
+    """``auto`` → ``fp16`` on a GPU (float16 autocast, as upstream), ``bf16`` on a CPU with native bfloat16
+    convolutions, else ``fp32``; ``fp32`` always means float32."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    if precision == "fp32" or device != "cpu":
+    if precision == "fp32":
         return "fp32"
+    if amp_enabled_for(device):
+        if precision == "bf16":
+            log.warning("warning: bfloat16 is a CPU precision; predicting on the GPU in float16")
+        return "fp16"
 
     if bf16_supported():
         return "bf16"
@@ -327,7 +335,9 @@ def make_predict_fn(build_network: Callable[[], object], checkpoint_path: Path |
                 graph, params = cached_export(checkpoint_path, build_network, input_channels, conv_dim)
             predictor = InferencePredictor(graph, params, device, num_threads)
             return _FallbackPredictFn(predictor, build_network, name), "static"
-        except Exception as e:  # noqa: BLE001 - export or predictor creation failed: eager still works
-            log.warning("%s: static-graph inference unavailable (%s: %s); using the eager network",
+        except PADDLE_RUNTIME_ERRORS as e:  # export or predictor creation failed: eager still works
+            raise_if_out_of_memory(e, "exporting the network to a static graph",
+                                   "free memory (fewer -npp/-nps processes), or pnnunet_predict --eager")
+            log.warning("warning: %s: static-graph inference unavailable (%s: %s); using the eager network",
                         name, type(e).__name__, str(e).strip()[:300])
     return eager_predict_fn(build_network()), "eager"

@@ -301,7 +301,14 @@ def _lowres_search(full: dict, target_t: np.ndarray, median_t: np.ndarray, n_tra
                                  num_classes, normalization, settings)
         patch_vox = np.prod(low["patch_size"], dtype=np.int64)
         log.debug("3d_lowres search: spacing %s patch %s", low_spacing, low["patch_size"])
-    if np.prod(median_t, dtype=np.float64) / median_vox < 2:
-        log.info("no 3d_lowres: its median image would be less than half the size of 3d_fullres's")
+    full_vox = np.prod(median_t, dtype=np.float64)
+    if low is None:
+        log.info("no 3d_lowres: the 3d_fullres patch already covers %.0f %% of the median image (a cascade is planned "
+                 "below %.0f %%)", 100 * patch_vox / full_vox, 100 * LOWRES_CREATION_THRESHOLD)
+        return None
+    if full_vox / median_vox < 2:
+        # upstream's rule: a lowres stage only pays off when its images are at most half as large as fullres's
+        log.info("no 3d_lowres: its median image (%d voxels) would be more than half as large as 3d_fullres's "
+                 "(%d voxels), too close to full resolution for a cascade", round(median_vox), round(full_vox))
         return None
     return low

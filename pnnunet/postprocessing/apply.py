@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pnnunet.errors import DatasetError
-from pnnunet.fileio import atomic_path, load_json
+from pnnunet.fileio import atomic_path, read_json_file
 from pnnunet.dataset.folders import check_distinct_folders, resolve_io, segmentation_files
 from pnnunet.imageio import ImageIO
 from pnnunet.parallel import map_in_pool
@@ -76,12 +76,7 @@ def load_postprocessing(path: Path | str) -> list[PostprocessingStep]:
     if path.suffix == ".pkl":
         raise DatasetError(path, "is a pickle; pnnunet reads postprocessing recipes from JSON only",
                            "pass the postprocessing.json beside it (upstream writes both files)")
-    if not path.is_file():
-        raise DatasetError(path, "postprocessing file not found", "run pnnunet_find_best_config first")
-    try:
-        pp = load_json(path)
-    except ValueError as e:
-        raise DatasetError(path, f"is not valid JSON ({e})", "regenerate it with pnnunet_find_best_config") from None
+    pp = read_json_file(path, "run pnnunet_find_best_config first", "postprocessing file")
     return steps_from_json(pp, path)
 
 

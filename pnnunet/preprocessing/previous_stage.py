@@ -6,9 +6,9 @@ A cascade configuration (``previous_stage`` in its plan, e.g. ``3d_cascade_fullr
 segmentation over the foreground labels. Training takes that segmentation from the previous
 stage's cross-validation: each lowres fold's final validation resamples its held-out cases'
 logits to the next stage's preprocessed grid and stores the argmax in
-``<lowres model>/predicted_next_stage/<next stage>/{CASE}.npy`` (this module's format; upstream
-stores ``.b2nd``). Prediction reads the previous stage's output files and preprocesses them like a
-label map.
+``<lowres model>/predicted_next_stage/<next stage>/{CASE}.b2nd`` (a 3D Blosc2 array chunked for the next
+stage's patch, as upstream; ``{CASE}.npy`` written by older pnnunet versions is read too). Prediction
+reads the previous stage's output files and preprocesses them like a label map.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import PnnunetError
-from pnnunet.fileio import save_npy_atomic
+from pnnunet.preprocessing.storage import find_array, open_array, save_array
 
 PREDICTED_NEXT_STAGE = "predicted_next_stage"
 
@@ -68,34 +68,44 @@ def next_stage_folder(model_dir: Path | str, next_stage: str) -> Path:
     return Path(model_dir) / PREDICTED_NEXT_STAGE / next_stage
 
 
-def save_next_stage_segmentation(folder: Path | str, case: str, seg: np.ndarray) -> Path:
-    """Write ``{folder}/{case}.npy`` atomically (uint8/uint16 label map in the next stage's grid)."""
-    path = Path(folder) / f"{case}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_npy_atomic(path, seg)
-    return path
+def save_next_stage_segmentation(folder: Path | str, case: str, seg: np.ndarray,
+                                 patch_size: Sequence[int] | None = None) -> Path:
+    """Write ``{folder}/{case}.b2nd`` atomically (uint8/uint16 (X, Y, Z) label map in the next stage's grid,
+    chunked for the next stage's ``patch_size``)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return save_array(folder, case, np.ascontiguousarray(seg), patch_size)
 
 
 def previous_stage_file(folder: Path | str, case: str) -> Path:
-    return Path(folder) / f"{case}.npy"
+    """The stored segmentation of ``case`` (``.b2nd``, or ``.npy`` of older versions); the ``.b2nd`` path if none."""
+    return find_array(folder, case) or Path(folder) / f"{case}.b2nd"
 
 
 def missing_previous_stage_cases(folder: Path | str, cases: Sequence[str]) -> list[str]:
-    return [c for c in cases if not previous_stage_file(folder, c).is_file()]
+    return [c for c in cases if find_array(folder, c) is None]
 
 
 def check_previous_stage_available(folder: Path | str, cases: Sequence[str], previous_stage: str,
-                                   configuration: str) -> None:
-    """Raise a PnnunetError naming the cases without a previous-stage segmentation and the fix."""
+                                   configuration: str, fold: int | str | None = None) -> None:
+    """Raise a PnnunetError naming the cases without a previous-stage segmentation and the fix.
+
+    ``fold`` is the fold being trained: for ``all`` the fix is the previous stage's fold ``all`` (whose
+    validation covers every case), otherwise its folds 0-4."""
     missing = missing_previous_stage_cases(folder, cases)
     if not missing:
         return
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    if str(fold) == "all":
+        fix = (f"train {previous_stage} fold all first (pnnunet_train {previous_stage} all): its final validation "
+               f"writes every case there; for a finished fold all, pnnunet_train {previous_stage} all --val "
+               "rewrites them")
+    else:
+        fix = (f"train {previous_stage} first, all folds (pnnunet_train {previous_stage} FOLD for FOLD in 0 1 2 3 4): "
+               f"each fold's final validation writes its held-out cases there; for a finished fold, "
+               f"pnnunet_train {previous_stage} FOLD --val rewrites them")
     raise PnnunetError(
         f"{folder}: no {previous_stage} segmentation for {len(missing)} of {len(cases)} cases ({shown}); "
-        f"'{configuration}' trains on them as extra input\n  fix: train {previous_stage} first, all folds "
-        f"(pnnunet_train {previous_stage} FOLD for FOLD in 0 1 2 3 4): each fold's final validation writes its "
-        f"held-out cases there; for a finished fold, pnnunet_train {previous_stage} FOLD --val rewrites them")
+        f"'{configuration}' trains on them as extra input\n  fix: {fix}")
 
 
 def load_previous_stage_segmentation(folder: Path | str, case: str, expected_shape: Sequence[int],
@@ -105,7 +115,7 @@ def load_previous_stage_segmentation(folder: Path | str, case: str, expected_sha
     if not path.is_file():
         raise PnnunetError(f"{path}: not found\n  fix: rerun the previous stage's final validation "
                            "(pnnunet_train <previous stage> FOLD --val) for the fold holding this case")
-    seg = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    seg = open_array(path, mmap)
     if tuple(seg.shape) != tuple(int(s) for s in expected_shape):
         raise PnnunetError(f"{path}: has shape {tuple(seg.shape)} but the preprocessed case "
                            f"{tuple(int(s) for s in expected_shape)}; it was made for other preprocessing\n"

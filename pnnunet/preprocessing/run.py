@@ -26,7 +26,8 @@ from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path, load_json, write_json_atomic
 from pnnunet.parallel import map_in_pool
 from pnnunet.preprocessing.preprocessor import preprocess_case_files, resolve_configuration
-from pnnunet.preprocessing.storage import case_files, is_case_done, save_preprocessed_case
+from pnnunet.preprocessing.storage import (DEFAULT_STORAGE, SHARED_POINTER, case_done_time, marker_without_identifier,
+                                           save_preprocessed_case, write_shared_pointer)
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,16 @@ def preprocessing_marker(plans: dict, config: dict, dataset_json: dict) -> dict:
 
 
 def _process_case(case: str, image_files: list[str], seg_file: str | None, plans: dict, config: dict,
-                  dataset_json: dict, reader_writer, out_folder: str) -> str:
+                  dataset_json: dict, reader_writer, out_folder: str, storage: str = DEFAULT_STORAGE) -> str:
     data, seg, props = preprocess_case_files(image_files, seg_file, plans, config, dataset_json, reader_writer)
-    save_preprocessed_case(out_folder, case, data, seg, props)
+    save_preprocessed_case(out_folder, case, data, seg, props, patch_size=config.get("patch_size"), storage=storage)
     return case
 
 
 def _case_is_current(folder: Path, case: str, entry: dict) -> bool:
-    if not is_case_done(folder, case):
+    done_at = case_done_time(folder, case)
+    if done_at is None:
         return False
-    done_at = case_files(folder, case)["properties"].stat().st_mtime
     sources = [*entry["images"], *([entry["label"]] if entry.get("label") else [])]
     return all(Path(p).stat().st_mtime <= done_at for p in sources)
 
@@ -77,6 +78,53 @@ def _prepare_folder(folder: Path, marker: dict, clean: bool) -> bool:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker_file, marker)
+    return True
+
+
+def _sharing_key(marker: dict, config: dict, axis0_spacings: list[float] | None) -> str | None:
+    """What decides a folder's arrays apart from its name, as a comparable string; None: never shared.
+
+    The marker without the data identifier, with a 2D configuration's spacing completed by the cases'
+    own axis-0 spacing (a 2D configuration keeps it, :func:`target_spacing_for`): a 2D and a 3D
+    configuration preprocess identically when every case already has the 3D spacing along axis 0 and
+    everything else agrees. Without the cases' spacings (``axis0_spacings`` None) or with several
+    different ones, a 2D configuration is not shared.
+    """
+    m = marker_without_identifier(marker)
+    spacing = [float(v) for v in config["spacing"]]
+    if len(spacing) == 2:
+        if not axis0_spacings or len(set(axis0_spacings)) != 1:
+            return None
+        spacing = [axis0_spacings[0], *spacing]
+    m["configuration"]["spacing"] = spacing
+    return json.dumps(m, sort_keys=True)
+
+
+def _axis0_spacings(preprocessed_dataset_dir: Path, plans: dict, n_cases: int) -> list[float] | None:
+    """Every case's spacing along the transposed axis 0, from the fingerprint (None if it does not fit)."""
+    fp = preprocessed_dataset_dir / "dataset_fingerprint.json"
+    if not fp.is_file():
+        return None
+    spacings = load_json(fp).get("spacings") or []
+    if len(spacings) != n_cases:
+        return None
+    axis0 = int(plans["transpose_forward"][0])
+    return [float(s[axis0]) for s in spacings]
+
+
+def _share_folder(folder: Path, owner: str, owner_marker: dict, marker: dict, clean: bool) -> bool:
+    """Make ``folder`` a pointer to the sibling ``owner`` (identical preprocessing); True if it changed."""
+    pointer = folder / SHARED_POINTER
+    expected = {"data_identifier": owner, "marker": marker_without_identifier(owner_marker)}
+    if (not clean and pointer.is_file() and load_json(pointer) == expected
+            and (folder / MARKER_NAME).is_file() and load_json(folder / MARKER_NAME) == marker):
+        return False
+    if folder.is_dir():
+        log.info("%s: its cases are now shared with %s (identical preprocessing); removing its own copy", folder, owner)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / MARKER_NAME, marker)
+    write_shared_pointer(folder, owner, expected["marker"])
     return True
 
 
@@ -116,7 +164,8 @@ def _group_by_identifier(plans: dict, configurations: Iterable[str], dataset_jso
 
 def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str, plans: dict,
                        configurations: Sequence[str], dataset_json: dict, reader_writer, num_processes: int = 2,
-                       clean: bool = False, progress: bool = True, cases: dict | None = None) -> dict:
+                       clean: bool = False, progress: bool = True, cases: dict | None = None,
+                       storage: str = DEFAULT_STORAGE, share: bool = True) -> dict:
     """Preprocess all training cases for the given configurations (reference §4).
 
     Parameters
@@ -130,6 +179,9 @@ def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str
     num_processes : worker processes (0 or 1: in this process)
     clean : rebuild the output folders even if they are current
     cases : ``{case: {"images": [...], "label": ...}}``; default: discovered in ``raw_dir``
+    storage : 'b2nd' (compressed, default) or 'npy' (see :mod:`pnnunet.preprocessing.storage`)
+    share : a configuration whose preprocessing equals an earlier one's in ``configurations``
+        (:func:`_sharing_key`) gets a pointer to that folder instead of a copy
 
     Returns
     -------
@@ -141,13 +193,35 @@ def preprocess_dataset(raw_dir: Path | str, preprocessed_dataset_dir: Path | str
         cases = get_training_cases(raw_dir, dataset_json)
     out_root = Path(preprocessed_dataset_dir)
     summary: dict = {"data_identifiers": {}}
-    for ident, group in _group_by_identifier(plans, configurations, dataset_json).items():
+    owners: dict[str, tuple[str, dict]] = {}  # sharing key → (the folder holding those cases, its marker)
+    axis0 = _axis0_spacings(out_root, plans, len(cases)) if share else None
+    groups = _group_by_identifier(plans, configurations, dataset_json)
+    # 2D configurations first, so that a shared folder is chunked slice by slice: 3D patches read from it
+    # nearly as fast as from 3D chunks, while 2D slices read from 3D chunks are several times slower
+    # (benchmarks/RESULTS.md, "Preprocessed storage")
+    order = sorted(groups, key=lambda i: len(groups[i]["config"].get("patch_size") or [0, 0, 0]) != 2) if share \
+        else list(groups)
+    for ident in order:
+        group = groups[ident]
         t0 = time.perf_counter()
         folder = out_root / ident
+        same = _sharing_key(group["marker"], group["config"], axis0) if share else None
+        if same is not None and same in owners:
+            owner, owner_marker = owners[same]
+            rebuilt = _share_folder(folder, owner, owner_marker, group["marker"], clean)
+            summary["data_identifiers"][ident] = {
+                "configurations": group["names"], "folder": str(folder), "rebuilt": rebuilt, "cases_done": 0,
+                "cases_skipped": len(cases), "shared_with": owner,
+                "seconds": round(time.perf_counter() - t0, 3)}
+            log.info("%s: identical preprocessing to %s, shares its cases", ident, owner)
+            continue
+        if same is not None:
+            owners[same] = (ident, group["marker"])
+        (folder / SHARED_POINTER).unlink(missing_ok=True)  # was a pointer before: now holds its own cases
         rebuilt = _prepare_folder(folder, group["marker"], clean)
         todo = [c for c in sorted(cases) if not _case_is_current(folder, c, cases[c])]
         args = [(c, [str(p) for p in cases[c]["images"]], str(cases[c]["label"]) if cases[c].get("label") else None,
-                 plans, group["config"], dataset_json, reader_writer, str(folder)) for c in todo]
+                 plans, group["config"], dataset_json, reader_writer, str(folder), storage) for c in todo]
         map_in_pool(_process_case, args, num_processes, progress, desc=f"preprocessing {ident}")
         summary["data_identifiers"][ident] = {
             "configurations": group["names"], "folder": str(folder), "rebuilt": rebuilt,

@@ -6,7 +6,9 @@ float16, softmax / cross-entropy / normalisation in float32, with a dynamic loss
 ``conv2d_transpose`` (Paddle 2.6.2 and 3.3.1, ``paddle/amp/amp_lists.py``), so a plain
 ``paddle.amp.auto_cast()`` would leave a 3D U-Net in float32; :func:`autocast_kwargs` adds them
 through ``custom_white_list``. On a CPU, Paddle's autocast and GradScaler do nothing (they warn
-and disable themselves), so training there stays float32 and the kwargs say ``enable=False``.
+and disable themselves), so training there stays float32 and the kwargs say ``enable=False``
+(bfloat16 prediction on CPU goes through :mod:`pnnunet.runtime.onednn`). Prediction on GPUs uses
+the same autocast lists.
 
 Everything but :func:`make_grad_scaler` and :func:`scaled_backward_and_step` is pure (no Paddle).
 """
@@ -47,13 +49,13 @@ def precision_of(device: str) -> str:
     return "float16 AMP" if amp_enabled_for(device) else "float32"
 
 
-def autocast_kwargs(device: str) -> dict:
-    """Keyword arguments of ``paddle.amp.auto_cast(**kw)`` for a training step on ``device``.
+def autocast_kwargs(device: str, enabled: bool = True) -> dict:
+    """Keyword arguments of ``paddle.amp.auto_cast(**kw)`` for a step (training or prediction) on ``device``.
 
     O1 (per-op casting), float16, custom white list :data:`FP16_OPS`, custom black list
-    :data:`FP32_OPS`; ``enable`` is False on a CPU.
+    :data:`FP32_OPS`; ``enable`` is False on a CPU or with ``enabled=False``.
     """
-    return {"enable": amp_enabled_for(device), "custom_white_list": set(FP16_OPS),
+    return {"enable": bool(enabled) and amp_enabled_for(device), "custom_white_list": set(FP16_OPS),
             "custom_black_list": set(FP32_OPS), "level": "O1", "dtype": "float16"}
 
 

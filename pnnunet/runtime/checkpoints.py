@@ -9,13 +9,14 @@ process. The training session itself runs inside ``paddle.utils.unique_name.guar
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 from pnnunet.defaults import CHECKPOINT_NAMES, checkpoint_path
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path
 from pnnunet.plans import resolve_configuration
-from pnnunet.runtime.device import import_paddle
+from pnnunet.runtime.device import import_paddle, raise_if_out_of_memory
 
 # plan keys that must agree between the plans a checkpoint was made with and the plans it is used with
 PLAN_KEYS_CHECKED = ("patch_size", "spacing", "architecture", "normalization_schemes")
@@ -80,7 +81,9 @@ def load_checkpoint(path: Path) -> dict:
     paddle = import_paddle()
     try:
         return paddle.load(str(path))
-    except Exception as e:  # corrupted / foreign file
+    except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError, OSError, KeyError, IndexError) as e:
+        # a corrupted or foreign file; out of memory is not the file's fault: never advise deleting it then
+        raise_if_out_of_memory(e, f"loading {path}", "free memory (close other programs), then retry")
         raise PnnunetError(f"{path}: cannot be loaded as a pnnunet checkpoint ({type(e).__name__}: {e})\n"
                            "  fix: delete it and resume from another checkpoint, or retrain") from None
 

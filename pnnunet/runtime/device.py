@@ -68,20 +68,6 @@ def pick_device(requested: str | None = "auto") -> str:
     return device
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is Paddle running out of (GPU or host) memory.
-
-    Paddle 2.6 and 3.x raise ``MemoryError`` whose message starts ``(ResourceExhausted)`` (an
-    allocation failure: ``BadAlloc`` / "Out of memory error on GPU 0"); CUDA libraries may fail with
-    a RuntimeError naming an allocation failure instead."""
-    if isinstance(error, MemoryError):
-        return True
-    text = str(error)
-    markers = ("ResourceExhausted", "Out of memory", "out of memory", "CUDNN_STATUS_ALLOC_FAILED",
-               "CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation", "BadAlloc")
-    return isinstance(error, (RuntimeError, OSError, SystemError)) and any(m in text for m in markers)
-
-
 def set_cpu_threads(n: int | None = None) -> int:
     """Let Paddle's CPU kernels use ``n`` threads (default: all cores). ``import paddle`` sets 1."""
     paddle = import_paddle()
@@ -91,3 +77,28 @@ def set_cpu_threads(n: int | None = None) -> int:
     except AttributeError:  # older Paddle
         log.debug("paddle.base.core.set_num_threads not available")
     return n
+
+
+_OOM_MARKERS = ("ResourceExhaustedError", "Out of memory", "out of memory", "CUDA error(2)",
+                "cudaErrorMemoryAllocation")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is Paddle's (or the host's) out-of-memory error. Paddle raises it as
+    ``MemoryError`` or as a ``RuntimeError``/``SystemError`` whose type name or message says
+    ``ResourceExhaustedError`` / ``Out of memory`` (2.6 and 3.x differ)."""
+    if isinstance(error, MemoryError):
+        return True
+    text = f"{type(error).__name__}: {error}"
+    return any(marker in text for marker in _OOM_MARKERS)
+
+
+# What Paddle's C++ core raises for a failed operation (its error classes map to these Python types);
+# catching these, and not Exception, keeps bugs in our own code (TypeError, NameError...) visible.
+PADDLE_RUNTIME_ERRORS = (RuntimeError, ValueError, OSError, NotImplementedError, MemoryError)
+
+
+def raise_if_out_of_memory(error: BaseException, what: str, fix: str) -> None:
+    """Turn an out-of-memory ``error`` into a PnnunetError naming what ran out and the fix; else return."""
+    if is_out_of_memory(error):
+        raise PnnunetError(f"out of memory while {what}\n  fix: {fix}") from None

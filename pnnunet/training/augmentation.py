@@ -296,7 +296,7 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     mirroring : mirror augmentation on the plan's mirror axes (off for a no-mirroring trainer)
     batch_size : overrides the plan's batch size
     previous_stage_folder, foreground_labels : required for a cascade stage (``plan.previous_stage``):
-        the previous stage's segmentations (``{CASE}.npy``) and the labels of their one-hot channels
+        the previous stage's segmentations (``{CASE}.b2nd``) and the labels of their one-hot channels
 
     Returns
     -------

@@ -4,7 +4,8 @@
 (``SingleThreadedAugmenter`` / ``MultiThreadedAugmenter``) call it for batches and, in a worker
 process, call :meth:`NNUNetPatchLoader.set_thread_id` first; that reseeds the loader's own
 generator from ``(seed, worker id)`` so that every worker draws different cases and boxes.
-Cases are read through memory maps; only the boxes are copied into memory.
+Cases are opened lazily (Blosc2 ``.b2nd``: only the chunks a box covers are decompressed; ``.npy``:
+memory maps); only the boxes are copied into memory.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from batchgenerators.dataloading.data_loader import DataLoader
 
 from pnnunet.parallel import single_thread_worker
 from pnnunet.preprocessing.previous_stage import load_previous_stage_segmentation
-from pnnunet.preprocessing.storage import load_preprocessed_case
+from pnnunet.preprocessing.storage import case_folder, load_preprocessed_case
 from pnnunet.training.sampling import crop_with_padding, forced_foreground_mask, patch_bbox
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ class NNUNetPatchLoader(DataLoader):
 
     Parameters
     ----------
-    folder : folder of preprocessed cases (``{CASE}.npy``, ``{CASE}_seg.npy``, ``{CASE}.json``,
-        ``{CASE}_locations.npz``; see :mod:`pnnunet.preprocessing.storage`)
+    folder : folder of preprocessed cases (pnnunet's or upstream's, ``.b2nd`` or ``.npy``; see
+        :mod:`pnnunet.preprocessing.storage`)
     case_ids : cases to draw from (uniformly, with replacement)
     batch_size : samples per batch
     crop_size : box size ``P0`` (enlarged patch for training, final patch for validation); 2 axes
@@ -47,7 +48,7 @@ class NNUNetPatchLoader(DataLoader):
     final_patch : the network's patch ``P`` (same number of axes as ``crop_size``)
     oversample : fraction of forced-foreground samples (the last ones of each batch)
     seed : seeds the loader's generator together with the worker id
-    previous_stage_folder : cascade only: the previous stage's segmentations ``{CASE}.npy`` in this
+    previous_stage_folder : cascade only: the previous stage's segmentations (``{CASE}.b2nd``) in this
         configuration's preprocessed grid (:mod:`pnnunet.preprocessing.previous_stage`), cropped with
         the same box and appended as seg channel 1
 
@@ -66,7 +67,7 @@ class NNUNetPatchLoader(DataLoader):
         super().__init__(case_ids, batch_size, num_threads_in_multithreaded=1, seed_for_shuffle=None,
                          return_incomplete=False, shuffle=True, infinite=True)
         self.indices = case_ids  # batchgenerators' DataLoader requires it
-        self.folder = Path(folder)
+        self.folder = case_folder(folder)  # a shared folder's pointer is followed once, here
         self.is_2d = len(crop_size) == 2
         # 2D: one slice of the 3D volume; the singleton axis is removed after cropping (§5.2)
         self.crop_size = ((1,) if self.is_2d else ()) + tuple(int(c) for c in crop_size)
@@ -95,7 +96,7 @@ class NNUNetPatchLoader(DataLoader):
         seg_crop = crop_with_padding(seg, bbox, SEG_PAD_VALUE, dtype=np.int16)
         if self.previous_stage_folder is not None:
             prev = load_previous_stage_segmentation(self.previous_stage_folder, case, data.shape[1:])
-            seg_crop = np.concatenate([seg_crop, crop_with_padding(prev[None], bbox, SEG_PAD_VALUE, dtype=np.int16)])
+            seg_crop = np.concatenate([seg_crop, crop_with_padding(prev, bbox, SEG_PAD_VALUE, dtype=np.int16)])
         if self.is_2d:
             data_crop, seg_crop = data_crop[:, 0], seg_crop[:, 0]
         return data_crop, seg_crop

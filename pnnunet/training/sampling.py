@@ -187,7 +187,8 @@ def crop_with_padding(array: np.ndarray, bbox: Sequence[Sequence[int]], pad_valu
 
     Parameters
     ----------
-    array : (C, *spatial); may be a read-only memory map: only the part inside the box is read
+    array : (C, *spatial), or (*spatial) cropped as one channel; may be lazy (a read-only memory map, a
+        ``blosc2.NDArray``): only the part inside the box is read
     bbox : ``[[lb, ub), ...]`` per spatial axis (ints, may be negative / beyond the shape)
     pad_value : value outside the array (image 0, seg -1)
     dtype : output dtype (default: the array's)
@@ -196,12 +197,13 @@ def crop_with_padding(array: np.ndarray, bbox: Sequence[Sequence[int]], pad_valu
     -------
     A new in-memory array of shape ``(C, *(ub - lb))``.
     """
-    spatial = array.shape[1:]
+    no_channel = len(array.shape) == len(bbox)  # (*spatial): cropped as one channel
+    spatial = array.shape if no_channel else array.shape[1:]
     if len(bbox) != len(spatial):
         raise ValueError(f"bbox has {len(bbox)} axes, array has {len(spatial)} spatial axes")
-    out = np.full((array.shape[0], *[int(hi) - int(lo) for lo, hi in bbox]), pad_value,
+    out = np.full((1 if no_channel else array.shape[0], *[int(hi) - int(lo) for lo, hi in bbox]), pad_value,
                   dtype=dtype or array.dtype)
-    src, dst = [slice(None)], [slice(None)]
+    src, dst = ([] if no_channel else [slice(None)]), [slice(None)]
     for (lo, hi), size in zip(bbox, spatial):
         a, b = max(int(lo), 0), min(int(hi), size)
         if b <= a:

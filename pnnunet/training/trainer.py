@@ -26,9 +26,10 @@ from tqdm import tqdm
 
 import pnnunet
 from pnnunet.dataset.labels import LabelInfo
-from pnnunet.defaults import sibling_model_dir
+from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import write_json_atomic
+from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
 from pnnunet.preprocessing.previous_stage import (check_previous_stage_available, next_stage_folder,
                                                   num_network_inputs)
@@ -87,15 +88,18 @@ class TrainingJob:
         return next_stage_folder(sibling_model_dir(self.model_dir, previous), self.configuration)
 
 
-def _check_compatible(ckpt: dict, job: TrainingJob, path: Path) -> None:
+def _check_compatible(ckpt: dict, job: TrainingJob, path: Path, check_schedule: bool = True) -> None:
+    """Refuse a checkpoint made with other plans; with ``check_schedule`` (resuming, --c) also one trained
+    for another number of epochs. Validating a finished checkpoint (--val) does not depend on the schedule."""
     problem = ck.plan_mismatch(ckpt, job.configuration, job.plans)
     if problem is not None:
         raise PnnunetError(f"{path}: {problem}\n  fix: retrain without --c (or in a new output folder), or restore "
                            "the plans file the checkpoint was made with")
     stored = ckpt.get("init_args", {})
-    if stored.get("num_epochs") not in (None, job.config.num_epochs):
+    if check_schedule and stored.get("num_epochs") not in (None, job.config.num_epochs):
         raise PnnunetError(f"{path}: was trained for {stored['num_epochs']} epochs, now {job.config.num_epochs} "
-                           "requested\n  fix: resume with the same number of epochs (the LR schedule depends on it)")
+                           "requested\n  fix: resume with the same number of epochs (--epochs "
+                           f"{stored['num_epochs']}; the LR schedule depends on it)")
 
 
 class Trainer:
@@ -112,6 +116,7 @@ class Trainer:
         self.progress = ProgressLog()
         self.current_epoch = 0
         self.pretrained_weights: dict | None = None  # applied to a fresh (not resumed) network
+        self._split: tuple[list[str], list[str]] | None = None  # see split()
         self.dist = job.dist
         self.precision = amp.precision_of(job.device)
         self.skipped_steps = 0  # AMP steps skipped because of inf/nan gradients, this epoch
@@ -362,17 +367,26 @@ class Trainer:
         train_ids, val_ids = self.split()
         if self.job.previous_stage_dir is not None:
             check_previous_stage_available(self.job.previous_stage_dir, sorted(set(train_ids) | set(val_ids)),
-                                           self.plan.previous_stage, self.job.configuration)
+                                           self.plan.previous_stage, self.job.configuration, self.job.fold)
         return train_ids, val_ids
 
     def split(self) -> tuple[list[str], list[str]]:
-        folder = self.job.preprocessed_dataset_dir / self.plan.data_identifier
-        case_ids = list_cases(folder)
-        if not case_ids:
-            raise PnnunetError(f"{folder}: no preprocessed cases\n  fix: run pnnunet_plan_and_preprocess "
-                               f"-c {self.job.configuration} first")
-        splits = load_or_create_splits(self.job.preprocessed_dataset_dir, case_ids)
-        return get_fold(splits, self.job.fold, case_ids)
+        """The fold's (training, validation) cases, determined once per Trainer (§5.9). Fold ``all``
+        trains and validates on every case and needs no split (any number of cases, as upstream);
+        other folds read or create ``splits_final.json``."""
+        if self._split is None:
+            folder = self.job.preprocessed_dataset_dir / self.plan.data_identifier
+            case_ids = list_cases(folder)
+            if not case_ids:
+                raise PnnunetError(f"{folder}: no preprocessed cases\n  fix: run pnnunet_plan_and_preprocess "
+                                   f"-c {self.job.configuration} first")
+            if self.job.fold == "all":
+                splits = []
+            else:
+                splits = load_or_create_splits(self.job.preprocessed_dataset_dir, case_ids)
+            train_ids, val_ids = get_fold(splits, self.job.fold, case_ids)
+            self._split = (list(train_ids), list(val_ids))
+        return list(self._split[0]), list(self._split[1])
 
     def _write_model_files(self) -> None:
         md = self.job.model_dir
@@ -385,8 +399,13 @@ class Trainer:
                           {"trainer": self.job.trainer_name, **self.cfg.__dict__, "device": self.job.device,
                            "precision": self.precision, "num_processes": self.dist.world_size})
 
-    def final_validation(self, checkpoint: str = "checkpoint_final", save_probabilities: bool = False) -> dict:
-        """Predict the held-out cases of this fold and write ``validation/summary.json`` (§5.10)."""
+    def final_validation(self, checkpoint: str = "checkpoint_final", save_probabilities: bool = False,
+                         disable_tta: bool = False, step_size: float = DEFAULT_STEP_SIZE) -> dict:
+        """Predict the held-out cases of this fold and write ``validation/summary.json`` (§5.10).
+
+        ``disable_tta``: no test-time mirroring (a deviation, recorded in
+        ``validation/validation_settings.json``); ``step_size``: tile overlap (upstream 0.5)."""
+        check_step_size(step_size, "--val_step_size")
         paddle = import_paddle()
         path = ck.checkpoint_path(self.job.fold_dir, checkpoint)
         if not path.is_file():
@@ -395,23 +414,25 @@ class Trainer:
         with paddle.utils.unique_name.guard():
             self.build()
             state = ck.load_checkpoint(path)
-            _check_compatible(state, self.job, path)
+            _check_compatible(state, self.job, path, check_schedule=False)
             self.network.set_state_dict(state["network_weights"])
         _, val_ids = self.split()
         mirror_axes = state.get("inference_allowed_mirroring_axes", self.mirror_axes)
+        settings = dict(disable_tta=disable_tta, step_size=step_size)
         if not self.dist.is_distributed:
-            validate_fold(self.network, self.job, self.plan, val_ids, mirror_axes, path, save_probabilities)
-            return summarize_validation(self.job, len(val_ids))
+            return validate_fold(self.network, self.job, self.plan, val_ids, mirror_axes, path, save_probabilities,
+                                 **settings)
         # data parallel: rank r predicts val_ids[r::N]; rank 0 exports the static graph first (one
         # writer of the export cache) and computes the metrics once every rank is done
         mine = dist.shard(val_ids, self.dist)
         if self.dist.is_main:
             validate_fold(self.network, self.job, self.plan, mine, mirror_axes, path, save_probabilities,
-                          after_export=lambda: dist.barrier(self.dist, "exported"))
+                          after_export=lambda: dist.barrier(self.dist, "exported"), evaluate=False, **settings)
         else:
             dist.barrier(self.dist, "exported")
-            validate_fold(self.network, self.job, self.plan, mine, mirror_axes, path, save_probabilities)
+            validate_fold(self.network, self.job, self.plan, mine, mirror_axes, path, save_probabilities,
+                          evaluate=False, **settings)
         dist.barrier(self.dist, "validated")
         if not self.dist.is_main:
             return {}
-        return summarize_validation(self.job, len(val_ids))
+        return summarize_validation(self.job, path, mirror_axes, disable_tta, step_size, len(val_ids))

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pnnunet.cli.plan_and_preprocess import main
+from pnnunet.cli.plan_and_preprocess import main, main_fingerprint, main_plan, main_preprocess
+from pnnunet.preprocessing.storage import load_preprocessed_case, open_array
 from tests.conftest import BUNDLED_SAMPLE
 
 
@@ -36,14 +37,20 @@ def test_bundled_sample_end_to_end(roots, capsys):
     assert list(plans["configurations"]) == ["2d", "3d_fullres"]
     assert plans["configurations"]["3d_fullres"]["patch_size"] == [40, 56, 40]
     folder = pre / "pnnunetPlans_3d_fullres"
-    data = np.load(folder / "hippocampus_001.npy", mmap_mode="r")
+    data = open_array(folder / "hippocampus_001.b2nd", mmap=False)
     assert data.dtype == np.float32 and data.ndim == 4
     assert len(list((pre / "gt_segmentations").glob("*.nii.gz"))) == 20
     assert "3d_fullres" in capsys.readouterr().out
-    mtime = (folder / "hippocampus_001.npy").stat().st_mtime_ns
+    mtime = (folder / "hippocampus_001.b2nd").stat().st_mtime_ns
     assert main(["-d", "4", "-c", "3d_fullres", "-np", "1", "--no_pbar"]) == 0  # rerun: nothing redone
-    assert (folder / "hippocampus_001.npy").stat().st_mtime_ns == mtime
+    assert (folder / "hippocampus_001.b2nd").stat().st_mtime_ns == mtime
     assert _tree_hash(BUNDLED_SAMPLE) == before  # the source folder is never modified
+    # isotropic 1 mm: 2d preprocesses exactly like 3d_fullres, so the two share the 2d folder's cases
+    capsys.readouterr()
+    assert main(["-d", "4", "-c", "2d", "3d_fullres", "-np", "1", "--no_pbar"]) == 0
+    assert "pnnunetPlans_3d_fullres: same preprocessing as pnnunetPlans_2d" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["cases_shared_with.json", "preprocessing_config.json"]
+    assert np.array_equal(load_preprocessed_case(folder, "hippocampus_001")[0][...], data)
 
 
 def test_unknown_dataset_is_exit_code_1(roots, capsys):
@@ -73,3 +80,22 @@ def test_overwrite_target_spacing_needs_three_values(roots, capsys):
     assert main(["-d", str(BUNDLED_SAMPLE), "--no_pp", "-overwrite_target_spacing", "1", "1", "-np", "1",
                  "--no_pbar"]) == 1
     assert "exactly 3 values" in capsys.readouterr().err
+
+
+def test_each_command_describes_itself(capsys):
+    descriptions = {}
+    for name, entry in [("plan_and_preprocess", main), ("extract_fingerprint", main_fingerprint),
+                        ("plan_experiment", main_plan), ("preprocess", main_preprocess)]:
+        with pytest.raises(SystemExit) as exit_info:
+            entry(["-h"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: pnnunet_{name}" in out
+        descriptions[name] = out.split("\n\n")[1]  # the paragraph after the usage lines
+    assert "Fingerprint, plan and preprocess" in descriptions["plan_and_preprocess"]
+    for name in ("extract_fingerprint", "plan_experiment", "preprocess"):
+        assert "Fingerprint, plan and preprocess" not in descriptions[name]
+    assert len(set(descriptions.values())) == 4
+    assert descriptions["plan_experiment"].startswith("Plan the configurations")
+    assert descriptions["preprocess"].startswith("Preprocess the training cases")
+    assert descriptions["extract_fingerprint"].startswith("Extract the dataset fingerprint")

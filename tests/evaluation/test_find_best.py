@@ -12,6 +12,7 @@ Postprocessing of ``3d_fullres`` alone: removing the blob gives label 1 = 1.0 (s
 """
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -26,6 +27,7 @@ from pnnunet.evaluation.find_best import (
     find_best_configuration,
     prediction_commands,
 )
+from pnnunet.training.validation import validation_settings
 from tests.postprocessing.synthetic import (
     DATASET_JSON,
     FILE_ENDING,
@@ -213,3 +215,27 @@ def test_best_candidate_ties_keep_the_first_and_nan_never_wins():
     assert best_candidate([cand("a", 0.8), cand("b", 0.8), cand("c", 0.7)]).name == "a"
     assert best_candidate([cand("a", math.nan), cand("b", 0.1)]).name == "b"
     assert best_candidate([cand("a", 0.5), cand("ens", math.nan)]).name == "a"
+
+
+def test_validation_without_mirroring_is_flagged(workspace, caplog):
+    from_settings = validation_settings("checkpoint_final.pdparams", None, disable_tta=True, step_size=0.5)
+    results, _ = workspace
+    write_json(results / DATASET / M2D / "fold_1" / "validation" / "validation_settings.json", from_settings)
+    write_json(results / DATASET / M3D / "fold_0" / "validation" / "validation_settings.json",
+               validation_settings("checkpoint_final.pdparams", [0, 1, 2], disable_tta=False, step_size=0.5))
+    with caplog.at_level(logging.WARNING, logger="pnnunet.evaluation.find_best"):
+        r = _run(workspace)
+    assert len(r.warnings) == 1, r.warnings
+    assert r.warnings[0].startswith(f"{M2D}: fold(s) 1 validated with no test-time mirroring (--val_disable_tta")
+    assert "not comparable" in r.warnings[0]
+    assert r.information["warnings"] == r.warnings
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING] == \
+           [f"warning: {r.warnings[0]}"]
+
+
+def test_standard_validation_gives_no_warning(workspace):
+    results, _ = workspace
+    for fold in FOLDS:
+        write_json(results / DATASET / M3D / f"fold_{fold}" / "validation" / "validation_settings.json",
+                   validation_settings("checkpoint_final.pdparams", [0, 1, 2], disable_tta=False, step_size=0.5))
+    assert _run(workspace).warnings == []

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from pnnunet.errors import PnnunetError
-from pnnunet.inference.sliding_window import (compute_gaussian, compute_steps, iter_tiles, mirror_combinations,
-                                              pad_to_patch, predict_sliding_window)
+from pnnunet.inference.case_progress import CaseProgress, format_duration
+from pnnunet.inference.sliding_window import (check_step_size, compute_gaussian, compute_steps, count_tiles, iter_tiles,
+                                              mirror_combinations, pad_to_patch, predict_sliding_window)
 
 RNG_SEED = 20261123
 
@@ -305,3 +306,28 @@ def test_default_accumulates_in_float16_as_upstream():
     np.testing.assert_allclose(out16[:, well_covered].astype(np.float32), out32[:, well_covered], rtol=4e-3, atol=4e-3)
     with pytest.raises(ValueError, match="float16 or float32"):
         predict_sliding_window(net, data, patch, 3, dtype=np.float64)
+
+
+@pytest.mark.parametrize("image, patch, step", [((40, 20, 20), (20, 20, 20), 0.5), ((40, 20, 20), (20, 20, 20), 1.0),
+                                                ((7, 50, 61), (16, 32, 32), 0.5), ((5, 30, 33), (16, 16), 0.5),
+                                                ((9, 9, 9), (16, 16, 16), 0.5)])
+def test_count_tiles_counts_what_the_sliding_window_predicts(image, patch, step):
+    padded = [*image[:len(image) - len(patch)], *(max(s, p) for s, p in zip(image[len(image) - len(patch):], patch))]
+    assert count_tiles(image, patch, step) == len(list(iter_tiles(padded, patch, step)))
+
+
+def test_case_progress_estimates_from_the_passes_left():
+    progress = CaseProgress([10, 10, 20], mirrorings=8)
+    assert progress.case_done(0, "a", 80.0) == "case 1/3 a: 10 tiles × 8 mirrorings in 80.0 s; estimated remaining " \
+                                               "4 min 00 s"  # 240 passes left at 1 s each
+    assert progress.case_done(1, "b", 40.0).endswith("estimated remaining 2 min 00 s")  # 0.75 s per pass
+    assert progress.case_done(2, "c", 1.0) == "case 3/3 c: 20 tiles × 8 mirrorings in 1.0 s"
+    assert CaseProgress([1], 1).case_done(0, "d", 0.5) == "case 1/1 d: 1 tile, no mirroring in 0.5 s"
+    assert [format_duration(s) for s in (4.4, 61, 3 * 3600 + 5 * 60 + 1)] == ["4 s", "1 min 01 s", "3 h 05 min"]
+
+
+def test_step_size_outside_0_1_names_the_flag():
+    assert check_step_size(1) == 1.0
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(PnnunetError, match=r"--val_step_size .*\(0, 1\].*\n.*fix: use e.g. --val_step_size 0.5"):
+            check_step_size(bad, "--val_step_size")

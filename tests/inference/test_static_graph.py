@@ -143,7 +143,8 @@ def test_resolve_precision():
     from pnnunet.runtime.onednn.primitives import bf16_supported
 
     assert resolve_precision("fp32", "cpu") == "fp32"
-    assert resolve_precision("auto", "gpu") == resolve_precision("bf16", "gpu") == "fp32"
+    assert resolve_precision("auto", "gpu") == resolve_precision("bf16", "gpu:1") == "fp16"  # autocast, as upstream
+    assert resolve_precision("fp32", "gpu") == "fp32"
     assert resolve_precision("auto", "cpu") == ("bf16" if bf16_supported() else "fp32")
     assert resolve_precision("bf16", "cpu") == ("bf16" if bf16_supported() else "fp32")
     with pytest.raises(ValueError, match="precision"):

@@ -1,6 +1,7 @@
 """The planner against upstream nnU-Net v2 plans (same inputs → same plan, to the integer)."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -120,3 +121,30 @@ def test_scenarios_cover_the_rules():
     assert len(SCENARIOS) >= 13
     names = set(SCENARIOS)
     assert {"ct_abdomen_lowres", "prostate_aniso", "isbi_2d", "multichannel_mixed_norm"} <= names
+
+
+def _cube_fingerprint(side: int) -> dict:
+    intensities = {"max": 1.0, "mean": 0.0, "median": 0.0, "min": 0.0, "percentile_00_5": 0.0,
+                   "percentile_99_5": 1.0, "std": 1.0}
+    return {"foreground_intensity_properties_per_channel": {"0": intensities},
+            "median_relative_size_after_cropping": 1.0, "shapes_after_crop": [[side] * 3] * 3,
+            "spacings": [[1.0, 1.0, 1.0]] * 3}
+
+
+@pytest.mark.parametrize("side, expected", [
+    # 128³ patch on a 220³ median covers < 25 %: the lowres search runs, but its median image stays
+    # more than half as large as fullres's, so upstream drops it
+    (220, "its median image (8160805 voxels) would be more than half as large as 3d_fullres's (10648000 voxels)"),
+    # 128³ on 150³ covers 62 %: no lowres search at all
+    (150, "the 3d_fullres patch already covers 62 % of the median image"),
+])
+def test_dropped_lowres_message_names_the_right_reason(side, expected, caplog):  # §3.7
+    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}, "numTraining": 10,
+                    "file_ending": ".nii.gz"}
+    with caplog.at_level(logging.INFO, logger="pnnunet.planning.planner"):
+        plans = plan_experiment(_cube_fingerprint(side), dataset_json, "Dataset001_X", "SimpleITKIO")
+    assert "3d_lowres" not in plans["configurations"]
+    assert plans["configurations"]["3d_fullres"]["patch_size"] == [128, 128, 128]
+    dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("no 3d_lowres")]
+    assert len(dropped) == 1 and expected in dropped[0], dropped
+    assert "less than half" not in caplog.text

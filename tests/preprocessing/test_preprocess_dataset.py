@@ -1,9 +1,11 @@
 """Dataset-level preprocessing: output layout, resume, stale-folder rebuild, gt copy, process pool."""
 
 import copy
+import json
 import os
 import time
 
+import blosc2
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -12,7 +14,7 @@ from pnnunet.errors import PnnunetError
 from pnnunet.imageio import SimpleITKIO
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
 from pnnunet.preprocessing.run import MARKER_NAME, preprocess_dataset
-from pnnunet.preprocessing.storage import load_preprocessed_case
+from pnnunet.preprocessing.storage import SHARED_POINTER, list_cases, load_preprocessed_case
 
 RESAMPLING = {
     "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -144,3 +146,57 @@ def test_worker_errors_survive_pickling():
     with pytest.raises(PnnunetError, match="broken.nii.gz: cannot be read") as info:
         call_picklable(_raise_dataset_error, ("broken.nii.gz",))
     pickle.loads(pickle.dumps(info.value))  # what the pool has to do with it
+
+
+def test_identical_configurations_share_one_copy(raw):
+    tmp_path, cases = raw
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["2d"]["spacing"] = [2.0, 1.0, 1.0]           # same preprocessing as 3d_fullres
+    plans["configurations"]["2d"]["patch_size"] = [8, 8]
+    s = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0)
+    assert s["data_identifiers"]["P_3d_fullres"]["shared_with"] == "P_2d"   # the 2D folder holds the cases
+    two_d, three_d = tmp_path / "pre" / "P_2d", tmp_path / "pre" / "P_3d_fullres"
+    assert sorted(p.name for p in three_d.iterdir()) == [SHARED_POINTER, MARKER_NAME]
+    assert blosc2.open(str(two_d / "c1.b2nd")).chunks[1] == 1                # chunked slice by slice
+    assert list_cases(three_d) == ["c0", "c1", "c2"]
+    expected = preprocess_case_files(cases["c1"]["images"], cases["c1"]["label"], plans, "3d_fullres", DATASET_JSON,
+                                     SimpleITKIO())[0]
+    assert np.array_equal(load_preprocessed_case(three_d, "c1")[0][...], expected)
+    again = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0)["data_identifiers"]
+    assert not again["P_2d"]["rebuilt"] and not again["P_3d_fullres"]["rebuilt"]
+
+    own = _run(tmp_path, cases, plans=plans, configs=("3d_fullres",), num_processes=0)["data_identifiers"]
+    assert own["P_3d_fullres"]["cases_done"] == 3 and not (three_d / SHARED_POINTER).exists()  # alone: own copy
+    assert (three_d / "c1.b2nd").is_file()
+
+    plans["configurations"]["2d"]["spacing"] = [1.0, 1.0, 1.0]           # differs again: no sharing
+    s = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0, storage="npy")
+    assert "shared_with" not in s["data_identifiers"]["P_3d_fullres"] and (two_d / "c1.npy").is_file()
+
+
+def test_share_can_be_switched_off(raw):
+    tmp_path, cases = raw
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["2d"]["spacing"] = [2.0, 1.0, 1.0]
+    s = _run(tmp_path, cases, plans=plans, configs=("3d_fullres", "2d"), num_processes=0, share=False)
+    assert s["data_identifiers"]["P_2d"]["cases_done"] == 3
+
+
+def test_2d_shares_only_when_every_case_has_the_3d_axis0_spacing(raw):
+    tmp_path, cases = raw
+    plans = copy.deepcopy(PLANS)
+    plans["configurations"]["3d_fullres"]["spacing"] = [1.5, 1.0, 1.0]  # the cases' own spacing (1.5, 1, 1)
+    assert plans["configurations"]["2d"]["spacing"] == [1.0, 1.0]       # 2d keeps each case's axis 0
+    fp = tmp_path / "pre" / "dataset_fingerprint.json"
+    fp.parent.mkdir(parents=True)
+    fp.write_text(json.dumps({"spacings": [[1.5, 1.0, 1.0]] * 3}))
+    s = _run(tmp_path, cases, plans=plans, configs=("2d", "3d_fullres"), num_processes=0)
+    assert s["data_identifiers"]["P_3d_fullres"]["shared_with"] == "P_2d"
+    expected = preprocess_case_files(cases["c0"]["images"], cases["c0"]["label"], plans, "3d_fullres",
+                                     DATASET_JSON, SimpleITKIO())[0]
+    assert np.array_equal(load_preprocessed_case(tmp_path / "pre" / "P_3d_fullres", "c0")[0][...], expected)
+
+    fp.write_text(json.dumps({"spacings": [[1.5, 1.0, 1.0]] * 2 + [[3.0, 1.0, 1.0]]}))  # one case differs
+    s = _run(tmp_path, cases, plans=plans, configs=("2d", "3d_fullres"), num_processes=0)
+    assert "shared_with" not in s["data_identifiers"]["P_3d_fullres"]
+    assert s["data_identifiers"]["P_3d_fullres"]["cases_done"] == 3

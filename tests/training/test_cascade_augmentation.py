@@ -170,3 +170,16 @@ def test_missing_previous_stage_names_cases_and_fix(cascade_dataset, tmp_path):
     check_previous_stage_available(prev, ids, "3d_lowres", "3d_cascade_fullres")
     with pytest.raises(PnnunetError, match=r"c7.*\n.*pnnunet_train 3d_lowres"):
         check_previous_stage_available(prev, ids + ["c7"], "3d_lowres", "3d_cascade_fullres")
+
+
+@pytest.mark.parametrize("fold, hint, not_hint", [
+    ("all", "pnnunet_train 3d_lowres all", "FOLD for FOLD in 0 1 2 3 4"),
+    (0, "pnnunet_train 3d_lowres FOLD for FOLD in 0 1 2 3 4", "pnnunet_train 3d_lowres all"),
+    (None, "pnnunet_train 3d_lowres FOLD for FOLD in 0 1 2 3 4", "pnnunet_train 3d_lowres all"),
+])
+def test_missing_previous_stage_hint_follows_the_fold(tmp_path, fold, hint, not_hint):
+    # fold all of the cascade needs every case, which only the lowres stage's fold all validates
+    with pytest.raises(PnnunetError) as err:
+        check_previous_stage_available(tmp_path, ["c1", "c2"], "3d_lowres", "3d_cascade_fullres", fold)
+    fix = str(err.value).split("fix:")[1]
+    assert hint in fix and not_hint not in fix
