@@ -3,7 +3,7 @@ step of one configuration's network (built as ``Trainer._build`` does, oneDNN co
 random batch of the plan's batch and patch size; a thread samples RSS every 10 ms for the peaks.
 
     python benchmarks/train_step_memory.py --plans <preprocessed>/Dataset916_SynthCT/pnnunetPlans.json \\
-        -c 3d_lowres [--batch 1] [--recompute_stages 1] [--paddle_leaky_relu]
+        -c 3d_lowres [--paddle_leaky_relu]
 
 ``--paddle_leaky_relu``: the training LeakyReLU that keeps its input (pnnunet before issue 16).
 """
@@ -23,7 +23,7 @@ import paddle.nn.functional as F
 
 import pnnunet.runtime.network as network_module
 from pnnunet.heap import trim_heap
-from pnnunet.runtime.network import build_network, recompute_encoder_stages
+from pnnunet.runtime.network import build_network
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.deep_supervision import downsample_seg_for_ds, ds_scales, ds_weights
@@ -58,22 +58,19 @@ def main() -> None:
     p.add_argument("-c", "--configuration", default="3d_lowres")
     p.add_argument("--classes", type=int, default=5)
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--batch", type=int, default=None, help="instead of the plan's batch size")
-    p.add_argument("--recompute_stages", type=int, default=0, help="runtime.network.recompute_encoder_stages")
     p.add_argument("--paddle_leaky_relu", action="store_true")
     a = p.parse_args()
     if a.paddle_leaky_relu:
         network_module.leaky_relu_saving_output = lambda x, slope=0.01: F.leaky_relu(x, slope)
     paddle.set_device("cpu")
     cfg = json.loads(a.plans.read_text())["configurations"][a.configuration]
-    bs, patch = int(a.batch or cfg["batch_size"]), [int(s) for s in cfg["patch_size"]]
+    bs, patch = int(cfg["batch_size"]), [int(s) for s in cfg["patch_size"]]
     s = Sampler()
     s.start()
     rows = [("start (paddle imported)", rss(), rss())]
     paddle.seed(0)
     net = build_network(cfg, 1, a.classes, deep_supervision=True)
     accelerate_convolutions(net)
-    recompute_encoder_stages(net, a.recompute_stages)
     opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.99, use_nesterov=True,
                                     weight_decay=paddle.regularizer.L2Decay(3e-5), parameters=net.parameters(),
                                     grad_clip=paddle.nn.ClipGradByGlobalNorm(12.0))
@@ -106,8 +103,7 @@ def main() -> None:
     rows.append(("malloc_trim", s.take(), rss()))
     s.stop = True
     print(f"{a.configuration}: batch {bs}, patch {patch}, "
-          f"{'Paddle leaky_relu' if a.paddle_leaky_relu else 'leaky_relu saving its output'}, "
-          f"{a.recompute_stages} recomputed stages")
+          f"{'Paddle leaky_relu' if a.paddle_leaky_relu else 'leaky_relu saving its output'}")
     print(f"{'':70s} {'peak GiB':>9s} {'after GiB':>9s}")
     for name, peak, after in rows:
         print(f"{name:70s} {peak / GIB:9.2f} {after / GIB:9.2f}")

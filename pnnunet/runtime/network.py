@@ -123,35 +123,36 @@ def leaky_relu_saving_output(x: paddle.Tensor, slope: float = LEAKY_SLOPE) -> pa
     return _LeakyReLUSavingOutput.apply(x, slope)
 
 
-class _Recomputed(paddle.autograd.PyLayer):
-    """``fn(x)`` without keeping its activations; backward computes it again (with autograd) and
-    back-propagates through that. ``params`` are the parameters ``fn`` uses: passed as inputs, their
-    gradients reach them through this node like any other (so the first stage, whose input is the
-    image, is recomputed too). Kernels are deterministic: gradients are the same bit for bit; the cost
-    is one more forward pass of ``fn``."""
+class _RecomputedBlock(paddle.autograd.PyLayer):
+    """Run ``block`` (a function of one tensor) without keeping its activations; backward runs it again
+    (with autograd) and back-propagates through that. Kernels are deterministic, so the gradients are the same bit for bit;
+    the cost is one more forward pass of the block."""
 
     @staticmethod
-    def forward(ctx, fn, x, *params):
-        ctx.fn, ctx.x_needs_grad = fn, not x.stop_gradient
-        ctx.save_for_backward(x, *params)
+    def forward(ctx, x, block):
+        ctx.block = block
+        ctx.save_for_backward(x)
         with paddle.no_grad():
-            return fn(x)
+            return block(x)
 
     @staticmethod
     def backward(ctx, dy):
-        x, *params = ctx.saved_tensor()
+        (x,) = ctx.saved_tensor()
         x = x.detach()
-        x.stop_gradient = not ctx.x_needs_grad
+        x.stop_gradient = False
         with paddle.enable_grad():
-            y = ctx.fn(x)
-        grads = paddle.grad([y], ([x] if ctx.x_needs_grad else []) + list(params), [dy])
-        if not ctx.x_needs_grad:
-            grads = [None] + list(grads)
-        return tuple(grads)
+            y = ctx.block(x)
+        paddle.autograd.backward([y], [dy])  # parameter gradients accumulate as in the plain backward
+        return x.grad
 
 
 class ConvNormAct(nn.Layer):
-    """Conv (padding ``(k-1)//2``) → InstanceNorm (eps 1e-5, affine) → LeakyReLU(0.01) (§6.1)."""
+    """Conv (padding ``(k-1)//2``) → InstanceNorm (eps 1e-5, affine) → LeakyReLU(0.01) (§6.1).
+
+    ``recompute`` (training memory, see :func:`recompute_blocks`): keep only the block's input for the
+    backward pass and compute the block again there."""
+
+    recompute = False
 
     def __init__(self, dim: int, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int], bias: bool):
         super().__init__()
@@ -161,6 +162,11 @@ class ConvNormAct(nn.Layer):
         self.nonlin = nn.LeakyReLU(LEAKY_SLOPE)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.recompute and paddle.in_dynamic_mode() and paddle.is_grad_enabled() and not x.stop_gradient:
+            return _RecomputedBlock.apply(x, self._compute)
+        return self._compute(x)
+
+    def _compute(self, x: paddle.Tensor) -> paddle.Tensor:
         y = self.norm(self.conv(x))
         if paddle.in_dynamic_mode() and not paddle.is_grad_enabled():
             # inference: in place, which saves allocating (and page-faulting) one more activation per
@@ -173,12 +179,7 @@ class ConvNormAct(nn.Layer):
 
 
 class StackedConvs(nn.Layer):
-    """``n`` ConvNormAct blocks; only the first one is strided.
-
-    ``recompute`` (training memory, see :func:`recompute_encoder_stages`): keep only the stage's input
-    for the backward pass and compute the stage again there."""
-
-    recompute = False
+    """``n`` ConvNormAct blocks; only the first one is strided."""
 
     def __init__(
         self, n: int, dim: int, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int], bias: bool
@@ -189,10 +190,6 @@ class StackedConvs(nn.Layer):
         self.convs = nn.Sequential(*blocks)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.recompute and paddle.in_dynamic_mode() and paddle.is_grad_enabled():
-            params = [p for p in self.parameters() if not p.stop_gradient]
-            if params:
-                return _Recomputed.apply(self.convs, x, *params)
         return self.convs(x)
 
 
@@ -319,16 +316,23 @@ class PlainConvUNet(nn.Layer):
         return outputs if self.deep_supervision else outputs[0]
 
 
-def recompute_encoder_stages(network: PlainConvUNet, stages: int = 1) -> int:
-    """Training memory: the ``stages`` highest-resolution encoder stages keep only their input for the
-    backward pass and are computed again there (gradients unchanged, bit for bit; one more forward pass
-    of those stages). Their conv, norm and first-block outputs are among the largest activations of a
-    3D U-Net (a 2 x 80 x 192 x 160 CT batch with 32 features: 629 MB each), and their backward comes
-    last, when the decoder's activations are already freed, so the recomputation does not raise the
-    peak (recomputing the decoder's would: its backward comes first). Returns how many stages."""
-    for i, stage in enumerate(network.encoder.stages):
-        stage.recompute = i < stages
-    return min(max(stages, 0), len(network.encoder.stages))
+def recompute_blocks(network: PlainConvUNet, stages: int = 1) -> int:
+    """Training memory: the ConvNormAct blocks of the ``stages`` highest-resolution encoder and decoder
+    stages keep only their inputs for the backward pass and are computed again there (gradients
+    unchanged, bit for bit; one more forward pass of those blocks). Their conv and norm outputs are
+    the largest activations of a 3D U-Net: on a 2 x 80 x 192 x 160 CT batch with 32 features, 629 MB
+    each. Returns how many blocks were switched (0 turns it off)."""
+    n = len(network.encoder.stages)
+    chosen = list(network.encoder.stages[:stages]) + list(network.decoder.stages[max(0, n - 1 - stages):])
+    for layer in network.sublayers():
+        if isinstance(layer, ConvNormAct):
+            layer.recompute = False
+    count = 0
+    for stage in chosen:
+        for block in stage.convs:
+            block.recompute = True
+            count += 1
+    return count
 
 
 def build_network(
