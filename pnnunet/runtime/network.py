@@ -123,36 +123,8 @@ def leaky_relu_saving_output(x: paddle.Tensor, slope: float = LEAKY_SLOPE) -> pa
     return _LeakyReLUSavingOutput.apply(x, slope)
 
 
-class _RecomputedBlock(paddle.autograd.PyLayer):
-    """Run ``block`` (a function of one tensor) without keeping its activations; backward runs it again
-    (with autograd) and back-propagates through that. Kernels are deterministic, so the gradients are the same bit for bit;
-    the cost is one more forward pass of the block."""
-
-    @staticmethod
-    def forward(ctx, x, block):
-        ctx.block = block
-        ctx.save_for_backward(x)
-        with paddle.no_grad():
-            return block(x)
-
-    @staticmethod
-    def backward(ctx, dy):
-        (x,) = ctx.saved_tensor()
-        x = x.detach()
-        x.stop_gradient = False
-        with paddle.enable_grad():
-            y = ctx.block(x)
-        paddle.autograd.backward([y], [dy])  # parameter gradients accumulate as in the plain backward
-        return x.grad
-
-
 class ConvNormAct(nn.Layer):
-    """Conv (padding ``(k-1)//2``) → InstanceNorm (eps 1e-5, affine) → LeakyReLU(0.01) (§6.1).
-
-    ``recompute`` (training memory, see :func:`recompute_blocks`): keep only the block's input for the
-    backward pass and compute the block again there."""
-
-    recompute = False
+    """Conv (padding ``(k-1)//2``) → InstanceNorm (eps 1e-5, affine) → LeakyReLU(0.01) (§6.1)."""
 
     def __init__(self, dim: int, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int], bias: bool):
         super().__init__()
@@ -162,11 +134,6 @@ class ConvNormAct(nn.Layer):
         self.nonlin = nn.LeakyReLU(LEAKY_SLOPE)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.recompute and paddle.in_dynamic_mode() and paddle.is_grad_enabled() and not x.stop_gradient:
-            return _RecomputedBlock.apply(x, self._compute)
-        return self._compute(x)
-
-    def _compute(self, x: paddle.Tensor) -> paddle.Tensor:
         y = self.norm(self.conv(x))
         if paddle.in_dynamic_mode() and not paddle.is_grad_enabled():
             # inference: in place, which saves allocating (and page-faulting) one more activation per
@@ -314,25 +281,6 @@ class PlainConvUNet(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor | list[paddle.Tensor]:
         outputs = self.decoder(self.encoder(x), self.deep_supervision)
         return outputs if self.deep_supervision else outputs[0]
-
-
-def recompute_blocks(network: PlainConvUNet, stages: int = 1) -> int:
-    """Training memory: the ConvNormAct blocks of the ``stages`` highest-resolution encoder and decoder
-    stages keep only their inputs for the backward pass and are computed again there (gradients
-    unchanged, bit for bit; one more forward pass of those blocks). Their conv and norm outputs are
-    the largest activations of a 3D U-Net: on a 2 x 80 x 192 x 160 CT batch with 32 features, 629 MB
-    each. Returns how many blocks were switched (0 turns it off)."""
-    n = len(network.encoder.stages)
-    chosen = list(network.encoder.stages[:stages]) + list(network.decoder.stages[max(0, n - 1 - stages):])
-    for layer in network.sublayers():
-        if isinstance(layer, ConvNormAct):
-            layer.recompute = False
-    count = 0
-    for stage in chosen:
-        for block in stage.convs:
-            block.recompute = True
-            count += 1
-    return count
 
 
 def build_network(

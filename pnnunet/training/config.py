@@ -36,10 +36,6 @@ class TrainConfig:
     # CPU only: run convolutions (forward and backward) through the oneDNN library inside Paddle's
     # wheel (runtime/onednn/); same numbers up to float32 rounding, ~3.5x faster than eager.
     fast_cpu_convolutions: bool = True
-    # CPU only: the blocks of this many highest-resolution encoder and decoder stages are computed again
-    # in the backward pass instead of keeping their activations (runtime.network.recompute_blocks):
-    # same gradients bit for bit, ~2.5 GB less on a CT 3d_lowres batch, one more forward of those blocks.
-    cpu_recompute_stages: int = 1
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})

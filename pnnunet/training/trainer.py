@@ -31,7 +31,7 @@ from pnnunet.preprocessing.previous_stage import (check_previous_stage_available
 from pnnunet.preprocessing.storage import list_cases
 from pnnunet.runtime import checkpoints as ck
 from pnnunet.runtime.device import import_paddle
-from pnnunet.runtime.network import build_network, recompute_blocks
+from pnnunet.runtime.network import build_network
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.augmentation import make_batch_iterators
@@ -117,9 +117,6 @@ class Trainer:
         self.network = build_network(self.plan.raw, self.num_input_channels, self.num_heads, deep_supervision=True)
         if self.job.device == "cpu" and self.cfg.fast_cpu_convolutions:
             log.debug("CPU: %d convolution layers run through oneDNN", accelerate_convolutions(self.network))
-        if self.job.device == "cpu" and self.cfg.cpu_recompute_stages > 0:
-            log.debug("CPU: %d blocks recomputed in the backward pass",
-                      recompute_blocks(self.network, self.cfg.cpu_recompute_stages))
         self.optimizer = paddle.optimizer.Momentum(
             learning_rate=self.cfg.initial_lr, momentum=self.cfg.momentum, use_nesterov=True,
             weight_decay=paddle.regularizer.L2Decay(self.cfg.weight_decay), parameters=self.network.parameters(),

@@ -8,7 +8,7 @@ import paddle.nn.functional as F
 import pytest
 
 from pnnunet.runtime import network as network_module
-from pnnunet.runtime.network import ConvNormAct, PlainConvUNet, leaky_relu_saving_output, recompute_blocks
+from pnnunet.runtime.network import ConvNormAct, leaky_relu_saving_output
 from pnnunet.runtime.onednn import layers as fast_cpu
 from pnnunet.runtime.onednn import primitives
 
@@ -81,46 +81,3 @@ def test_released_plans_are_recreated_for_a_pending_backward():
     for a, b in zip(kept, again):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_array_equal(fast_cpu.onednn_conv(x, w, None, [1] * 3, [1] * 3).numpy(), y.numpy())
-
-
-def _net_grads(stages: int, accelerate: bool):
-    paddle.seed(0)
-    net = PlainConvUNet(1, 3, [4, 8, 16], 3, [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]], [2, 2, 2], 3,
-                        [2, 2], conv_bias=True, deep_supervision=True)
-    if accelerate:
-        fast_cpu.accelerate_convolutions(net)
-    switched = recompute_blocks(net, stages)
-    x = paddle.to_tensor(np.random.default_rng(4).standard_normal((2, 1, 12, 8, 8)).astype(np.float32))
-    outputs = net(x)
-    sum((o * o).mean() for o in outputs).backward()
-    return switched, [o.numpy() for o in outputs] + [p.grad.numpy() for p in net.parameters()]
-
-
-@pytest.mark.parametrize("accelerate", [False, True])
-def test_recomputed_blocks_give_the_same_outputs_and_gradients_bit_for_bit(accelerate):
-    if accelerate and not fast_cpu.onednn_available():
-        pytest.skip("oneDNN library not in this Paddle build")
-    n0, plain = _net_grads(0, accelerate)
-    n1, recomputed = _net_grads(1, accelerate)
-    assert (n0, n1) == (0, 4)  # encoder stage 0 and the last decoder stage, 2 blocks each
-    assert len(plain) == len(recomputed)
-    for a, b in zip(plain, recomputed):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_recompute_keeps_only_the_block_input(monkeypatch):
-    """The recomputed block's forward runs without autograd; the first block (its input needs no
-    gradient, so nothing would call its backward) is computed plainly."""
-    applied = []
-    real_apply = network_module._RecomputedBlock.apply
-    monkeypatch.setattr(network_module._RecomputedBlock, "apply",
-                        lambda x, fn: applied.append(x.stop_gradient) or real_apply(x, fn))
-    paddle.seed(0)
-    block = ConvNormAct(3, 2, 4, [3, 3, 3], [1, 1, 1], True)
-    block.recompute = True
-    x = paddle.to_tensor(np.random.default_rng(5).standard_normal((1, 2, 4, 4, 4)).astype(np.float32))
-    block(x)
-    assert applied == []  # x.stop_gradient: plain
-    x.stop_gradient = False
-    y = block(x)
-    assert applied == [False] and not y.stop_gradient
