@@ -3,7 +3,7 @@ step of one configuration's network (built as ``Trainer._build`` does, oneDNN co
 random batch of the plan's batch and patch size; a thread samples RSS every 10 ms for the peaks.
 
     python benchmarks/train_step_memory.py --plans <preprocessed>/Dataset916_SynthCT/pnnunetPlans.json \\
-        -c 3d_lowres [--paddle_leaky_relu]
+        -c 3d_lowres [--batch 1] [--paddle_leaky_relu]
 
 ``--paddle_leaky_relu``: the training LeakyReLU that keeps its input (pnnunet before issue 16).
 """
@@ -58,13 +58,14 @@ def main() -> None:
     p.add_argument("-c", "--configuration", default="3d_lowres")
     p.add_argument("--classes", type=int, default=5)
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--batch", type=int, default=None, help="instead of the plan's batch size")
     p.add_argument("--paddle_leaky_relu", action="store_true")
     a = p.parse_args()
     if a.paddle_leaky_relu:
         network_module.leaky_relu_saving_output = lambda x, slope=0.01: F.leaky_relu(x, slope)
     paddle.set_device("cpu")
     cfg = json.loads(a.plans.read_text())["configurations"][a.configuration]
-    bs, patch = int(cfg["batch_size"]), [int(s) for s in cfg["patch_size"]]
+    bs, patch = int(a.batch or cfg["batch_size"]), [int(s) for s in cfg["patch_size"]]
     s = Sampler()
     s.start()
     rows = [("start (paddle imported)", rss(), rss())]
