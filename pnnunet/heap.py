@@ -68,3 +68,16 @@ def reuse_freed_memory() -> Iterator[bool]:
                 libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
                 libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
+
+
+def trim_heap() -> bool:
+    """Return the heap's free memory to the kernel now (glibc ``malloc_trim(0)``), e.g. between training
+    and the final validation; returns whether memory was released (False on other C libraries). Inside a
+    :func:`reuse_freed_memory` block it does nothing: the kept memory is that block's point."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    with _HEAP_LOCK:
+        if _HEAP_DEPTH:
+            return False
+        return bool(libc.malloc_trim(0))

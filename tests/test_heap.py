@@ -85,3 +85,28 @@ out["after"] = growth()
 ''')
     assert out == {"depth_inside": 1, "inside": 0, "depth_after": 0, "after": out["after"]}
     assert out["after"] >= MIB64
+
+
+class _FakeLibc:
+    def __init__(self):
+        self.trims, self.mallopts = 0, []
+
+    def malloc_trim(self, pad):
+        self.trims += 1
+        return 1
+
+    def mallopt(self, param, value):
+        self.mallopts.append((param, value))
+        return 1
+
+
+def test_trim_heap_trims_outside_reuse_blocks_only(monkeypatch):
+    fake = _FakeLibc()
+    monkeypatch.setattr(heap, "_glibc", lambda: fake)
+    assert heap.trim_heap() is True and fake.trims == 1
+    with heap.reuse_freed_memory():
+        assert heap.trim_heap() is False  # the kept memory is the block's point
+        assert fake.trims == 1
+    assert fake.trims == 2  # leaving the block trims
+    monkeypatch.setattr(heap, "_glibc", lambda: None)
+    assert heap.trim_heap() is False

@@ -232,6 +232,16 @@ class BatchIterator:
     def __iter__(self):
         return self
 
+    def start(self) -> None:
+        """Start the worker processes now (otherwise the first ``next()`` does). A worker is a fork of
+        this process: started before training has grown the heap, it shares the parent's pages instead
+        of inheriting gigabytes of freed activations that become its own once the parent reuses them
+        (a validation worker forked after the first CT iterations held 1.2 GB)."""
+        if self.closed:
+            raise RuntimeError("this batch iterator was closed")
+        if isinstance(self._augmenter, MultiThreadedAugmenter) and not self._augmenter.was_initialized:
+            self._augmenter._start()
+
     def __next__(self) -> dict:
         if self.closed:
             raise RuntimeError("this batch iterator was closed")
@@ -280,7 +290,8 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
                          val_ids: Sequence[str], num_workers: int, seed: int, deep_supervision: bool = True, *,
                          oversample_foreground: float = 0.33, mirroring: bool = True, batch_size: int | None = None,
                          previous_stage_folder: Path | str | None = None,
-                         foreground_labels: Sequence[int] | None = None) -> tuple[BatchIterator, BatchIterator]:
+                         foreground_labels: Sequence[int] | None = None,
+                         start: bool = True) -> tuple[BatchIterator, BatchIterator]:
     """Training and validation batch iterators of one configuration (§5.2–5.4).
 
     Parameters
@@ -297,11 +308,13 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     batch_size : overrides the plan's batch size
     previous_stage_folder, foreground_labels : required for a cascade stage (``plan.previous_stage``):
         the previous stage's segmentations (``{CASE}.b2nd``) and the labels of their one-hot channels
+    start : start the worker processes of both iterators now, while this process is small (see
+        :meth:`BatchIterator.start`); False: on their first ``next()``
 
     Returns
     -------
     (train_iter, val_iter): infinite :class:`BatchIterator`s. Call ``close()`` on both when done
-    (the trainer may stop mid-epoch); workers start on the first ``next()``.
+    (the trainer may stop mid-epoch).
     """
     cascade_labels = None
     if plan.previous_stage:
@@ -329,6 +342,9 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     n_val = max(1, num_workers // 2) if num_workers > 0 else 0
     train_iter = _augmenter(train_loader, train_tf, num_workers, max(6, num_workers // 2), seeds["train_aug"])
     val_iter = _augmenter(val_loader, val_tf, n_val, max(3, n_val), seeds["val_aug"])
+    if start:
+        train_iter.start()
+        val_iter.start()
     log.debug("batch iterators: patch %s, crop %s, batch %d, %d/%d workers, DS scales %s", list(patch),
               list(aug["initial_patch_size"]), bs, num_workers, n_val, scales)
     return train_iter, val_iter

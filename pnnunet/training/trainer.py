@@ -15,6 +15,7 @@ is split over the ranks.
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import time
@@ -29,6 +30,7 @@ from pnnunet.dataset.labels import LabelInfo
 from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import write_json_atomic
+from pnnunet.heap import trim_heap
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
 from pnnunet.preprocessing.previous_stage import (check_previous_stage_available, next_stage_folder,
@@ -40,6 +42,7 @@ from pnnunet.runtime import distributed as dist
 from pnnunet.runtime.device import import_paddle, is_out_of_memory
 from pnnunet.runtime.network import build_network
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
+from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.augmentation import make_batch_iterators
 from pnnunet.training.config import TrainConfig
 from pnnunet.training.deep_supervision import ds_weights
@@ -399,6 +402,19 @@ class Trainer:
                           {"trainer": self.job.trainer_name, **self.cfg.__dict__, "device": self.job.device,
                            "precision": self.precision, "num_processes": self.dist.world_size})
 
+    def release_training_state(self) -> None:
+        """Drop what only training needs (network, gradients, optimizer state, loss, grad scaler), the
+        cached oneDNN convolution primitives (training's patch shapes), and give the freed heap back to
+        the kernel: the final validation, run in the same process right after training, rebuilds the
+        network from the checkpoint and would otherwise add its memory on top of training's."""
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None:
+            optimizer.clear_grad(set_to_zero=False)
+        self.network = self.optimizer = self.loss = self.scaler = None
+        gc.collect()
+        release_plans()
+        trim_heap()
+
     def final_validation(self, checkpoint: str = "checkpoint_final", save_probabilities: bool = False,
                          disable_tta: bool = False, step_size: float = DEFAULT_STEP_SIZE) -> dict:
         """Predict the held-out cases of this fold and write ``validation/summary.json`` (§5.10).
@@ -407,6 +423,7 @@ class Trainer:
         ``validation/validation_settings.json``); ``step_size``: tile overlap (upstream 0.5)."""
         check_step_size(step_size, "--val_step_size")
         paddle = import_paddle()
+        self.release_training_state()  # the validation must not add to the training's peak (issue 16)
         path = ck.checkpoint_path(self.job.fold_dir, checkpoint)
         if not path.is_file():
             raise PnnunetError(f"{path}: not found\n  fix: train this fold first (final validation needs "

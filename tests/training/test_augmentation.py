@@ -206,6 +206,25 @@ def test_close_mid_epoch_stops_busy_workers(dataset):
     next(tr)  # workers running and filling their queues
     start = time.time()
     tr.close()
-    va.close()  # never started: closing is a no-op
+    va.close()  # started, never read
     assert time.time() - start < 15
     assert _children() == before
+
+
+def test_workers_start_before_the_first_batch_is_asked_for(dataset):
+    """Workers are forks: started at once, while the trainer is small, not after its first iterations
+    have grown its heap (issue 16)."""
+    folder, ids = dataset
+    plan = make_plan((16, 24, 16), STRIDES_3D, batch_size=2)
+    before = _children()
+    tr, va = make_batch_iterators(folder, plan, ids, ids, 2, seed=7, start=False)
+    with tr, va:
+        assert _children() == before
+    tr, va = make_batch_iterators(folder, plan, ids, ids, 2, seed=7)
+    with tr, va:
+        assert len(_children() - before) == 3
+        tr.start()  # idempotent
+        assert len(_children() - before) == 3
+    assert _children() == before
+    with pytest.raises(RuntimeError, match="closed"):
+        tr.start()

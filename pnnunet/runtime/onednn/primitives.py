@@ -41,6 +41,14 @@ class _Step:
         self.bindings = [_Binding(lib, pd, arg, md, out) for arg, md, out in bindings]
         self.prim = lib.primitive(pd)
 
+    def destroy(self) -> None:
+        """Free the primitive and its reorders (with them oneDNN's scratchpad, when no other primitive
+        holds it); the step must not run afterwards."""
+        for prim in [self.prim] + [b.reorder for b in self.bindings if b.reorder is not None]:
+            if prim is not None:
+                self.lib.lib.dnnl_primitive_destroy(prim)
+        self.prim, self.bindings = None, []
+
     def run(self, pointers: dict[int, int], shared: list | None = None) -> None:
         """Execute on user buffers (``arg -> data pointer`` of contiguous float32 tensors).
 
@@ -136,6 +144,16 @@ class _ConvPlan:
         self.fwd_pd = None
         self._fwd = self._bwd_data = self._bwd_weights = None
 
+    def release(self) -> None:
+        """Free the created primitives; they are created again on next use."""
+        for step in (self._fwd, self._bwd_data, self._bwd_weights):
+            if step is not None:
+                step.destroy()
+        self._fwd = self._bwd_data = self._bwd_weights = None
+        if self.fwd_pd is not None:
+            self.lib.lib.dnnl_primitive_desc_destroy(self.fwd_pd)
+            self.fwd_pd = None
+
     def _primitive_desc(self, which: str, *args, with_bias: bool = False):
         """Create a primitive descriptor whose tensors may take any layout (``*args`` follow them)."""
         x, w, y, b = self.shapes
@@ -217,9 +235,19 @@ def plan_for(transposed: bool, x_shape, w_shape, y_shape, stride, padding, has_b
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:  # e.g. prediction of many differently sized inputs
-            _PLANS.clear()
+            release_plans()
         plan = _PLANS[key] = _ConvPlan(transposed, x_shape, w_shape, y_shape, stride, padding, has_bias, precision)
     return plan
+
+
+def release_plans() -> int:
+    """Drop every cached convolution plan (its primitives and their memory), e.g. between training and
+    the final validation, whose tile shapes need other primitives; returns how many were dropped."""
+    plans = list(_PLANS.values())
+    _PLANS.clear()
+    for plan in plans:
+        plan.release()  # a plan still referenced (e.g. by an autograd node) recreates them when used
+    return len(plans)
 
 
 def output_shape(transposed: bool, x_shape, w_shape, stride, padding) -> list[int]:

@@ -1,0 +1,114 @@
+"""Where a training step's memory goes: RSS of this process around forward, backward and the optimizer
+step of one configuration's network (built as ``Trainer._build`` does, oneDNN convolutions), on a
+random batch of the plan's batch and patch size; a thread samples RSS every 10 ms for the peaks.
+
+    python benchmarks/train_step_memory.py --plans <preprocessed>/Dataset916_SynthCT/pnnunetPlans.json \\
+        -c 3d_lowres [--batch 1] [--paddle_leaky_relu]
+
+``--paddle_leaky_relu``: the training LeakyReLU that keeps its input (pnnunet before issue 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+import pnnunet.runtime.network as network_module
+from pnnunet.heap import trim_heap
+from pnnunet.runtime.network import build_network
+from pnnunet.runtime.onednn.layers import accelerate_convolutions
+from pnnunet.runtime.onednn.primitives import release_plans
+from pnnunet.training.deep_supervision import downsample_seg_for_ds, ds_scales, ds_weights
+from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+GIB = 1024 ** 3
+
+
+def rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
+
+
+class Sampler(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0, False
+
+    def run(self):
+        while not self.stop:
+            self.peak = max(self.peak, rss())
+            time.sleep(0.01)
+
+    def take(self) -> int:
+        peak, self.peak = max(self.peak, rss()), rss()
+        return peak
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--plans", type=Path, required=True)
+    p.add_argument("-c", "--configuration", default="3d_lowres")
+    p.add_argument("--classes", type=int, default=5)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--batch", type=int, default=None, help="instead of the plan's batch size")
+    p.add_argument("--paddle_leaky_relu", action="store_true")
+    a = p.parse_args()
+    if a.paddle_leaky_relu:
+        network_module.leaky_relu_saving_output = lambda x, slope=0.01: F.leaky_relu(x, slope)
+    paddle.set_device("cpu")
+    cfg = json.loads(a.plans.read_text())["configurations"][a.configuration]
+    bs, patch = int(a.batch or cfg["batch_size"]), [int(s) for s in cfg["patch_size"]]
+    s = Sampler()
+    s.start()
+    rows = [("start (paddle imported)", rss(), rss())]
+    paddle.seed(0)
+    net = build_network(cfg, 1, a.classes, deep_supervision=True)
+    accelerate_convolutions(net)
+    opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.99, use_nesterov=True,
+                                    weight_decay=paddle.regularizer.L2Decay(3e-5), parameters=net.parameters(),
+                                    grad_clip=paddle.nn.ClipGradByGlobalNorm(12.0))
+    loss_fn = DeepSupervisionLoss(DCandCELoss(batch_dice=cfg["batch_dice"]),
+                                  ds_weights(cfg["architecture"]["arch_kwargs"]["n_stages"]))
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((bs, 1, *patch)).astype(np.float32)
+    seg = rng.integers(0, a.classes, (bs, 1, *patch)).astype(np.int16)
+    targets_np = downsample_seg_for_ds(seg, ds_scales(cfg["architecture"]["arch_kwargs"]["strides"]))
+    rows.append(("network + optimizer + batch", s.take(), rss()))
+    for step in range(a.steps):
+        x = paddle.to_tensor(data)
+        targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in targets_np]
+        opt.clear_grad()
+        t0 = time.time()
+        out = net(x)
+        loss = loss_fn(out, targets)
+        rows.append((f"step {step} forward + loss", s.take(), rss()))
+        loss.backward()
+        rows.append((f"step {step} backward", s.take(), rss()))
+        opt.step()
+        value = float(loss.numpy())
+        del out, loss, x, targets
+        rows.append((f"step {step} optimizer step, outputs freed ({time.time() - t0:.0f} s, loss {value:.4f})",
+                     s.take(), rss()))
+    del opt, net, loss_fn
+    release_plans()
+    rows.append(("network, optimizer, oneDNN plans dropped", s.take(), rss()))
+    trim_heap()
+    rows.append(("malloc_trim", s.take(), rss()))
+    s.stop = True
+    print(f"{a.configuration}: batch {bs}, patch {patch}, "
+          f"{'Paddle leaky_relu' if a.paddle_leaky_relu else 'leaky_relu saving its output'}")
+    print(f"{'':70s} {'peak GiB':>9s} {'after GiB':>9s}")
+    for name, peak, after in rows:
+        print(f"{name:70s} {peak / GIB:9.2f} {after / GIB:9.2f}")
+
+
+if __name__ == "__main__":
+    main()

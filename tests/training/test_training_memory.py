@@ -1,0 +1,35 @@
+"""The final validation runs after training in the same process (issue 16): before it, the trainer drops
+its network, gradients and optimizer, the cached oneDNN primitives, and trims the heap."""
+
+import pytest
+
+from pnnunet.errors import PnnunetError
+from pnnunet.training import trainer as trainer_module
+from pnnunet.training.trainer import Trainer
+from tests.training.jobs import small_job
+
+
+def test_release_training_state_drops_optimizer_network_primitives_and_trims(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(trainer_module, "release_plans", lambda: calls.append("plans"))
+    monkeypatch.setattr(trainer_module, "trim_heap", lambda: calls.append("trim"))
+    trainer = Trainer(small_job(tmp_path, 3, 0))
+    trainer._build()
+    params = trainer.network.parameters()
+    for p in params:
+        p.grad = p * 0 + 1  # as after a backward pass
+    assert all(p.grad is not None for p in params)
+    trainer.release_training_state()
+    assert trainer.network is None and trainer.optimizer is None and trainer.loss is None
+    assert all(p.grad is None for p in params)
+    assert calls == ["plans", "trim"]
+    trainer.release_training_state()  # nothing built: still fine
+
+
+def test_final_validation_releases_the_training_state_first(tmp_path, monkeypatch):
+    released = []
+    monkeypatch.setattr(Trainer, "release_training_state", lambda self: released.append(self))
+    trainer = Trainer(small_job(tmp_path, 3, 0))
+    with pytest.raises(PnnunetError, match="not found"):  # no checkpoint: stops before building
+        trainer.final_validation()
+    assert released == [trainer]
