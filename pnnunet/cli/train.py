@@ -85,7 +85,7 @@ def _devices(args: argparse.Namespace, ctx: dist.DistContext) -> str:
         if n < args.num_gpus:
             raise PnnunetError(f"-num_gpus {args.num_gpus}: Paddle sees {n} GPU(s)\n  fix: use -num_gpus {n} or "
                                f"fewer" + (" (check CUDA_VISIBLE_DEVICES)" if n else "; for data-parallel "
-                                           f"training in CPU processes add -device cpu") )
+                                           "training in CPU processes add -device cpu") )
         return "gpu"
     # one rank of a data-parallel job
     if kind == "cpu" or (kind == "auto" and gpu_count() == 0):

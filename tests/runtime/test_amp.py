@@ -11,7 +11,6 @@ import warnings
 
 import numpy as np
 import paddle
-import pytest
 
 from pnnunet.runtime import amp
 from pnnunet.runtime import checkpoints as ck
