@@ -4,4 +4,10 @@ The folders are the pipeline: ``dataset`` → ``planning`` → ``preprocessing``
 ``inference`` → ``postprocessing`` / ``evaluation``; ``cli`` holds one thin module per command.
 """
 
+# Import order: Paddle 2.6's wheel loads its own zlib, and a library that brings zlib in after it (blosc2,
+# skimage.io) then crashes in inflateReset2 (segmentation fault on Paddle 2.6.2; 3.x is fine). Every pnnunet
+# import loads them first, so `import pnnunet` before `import paddle` is safe on both lines.
+import blosc2  # noqa: F401,E402
+import skimage.io  # noqa: F401,E402
+
 __version__ = "0.1.0"

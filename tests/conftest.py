@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import pnnunet  # noqa: F401  before any test module imports paddle (see pnnunet/__init__.py)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 UPSTREAM_HIPPO = REPO / "tests" / "data" / "upstream_hippocampus_220"  # copied from ../shared/reference
