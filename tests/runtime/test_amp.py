@@ -52,6 +52,7 @@ def test_autocast_lists_installed_by_paddle_contain_the_3d_convolutions():
 
 _PROBE = textwrap.dedent("""
     import warnings
+    import pnnunet  # first: on Paddle 2.6.2 zlib users loaded after paddle segfault (pnnunet/__init__.py)
     import paddle
     from paddle.base import core
     from paddle.base.framework import _dygraph_tracer
