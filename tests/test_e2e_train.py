@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pnnunet.training.lr_schedule import poly_lr
+from tests.processes import wait_until_gone
 from tests.conftest import BUNDLED_SAMPLE
 
 pytestmark = pytest.mark.e2e
@@ -137,11 +138,6 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -166,10 +162,7 @@ def test_data_parallel_two_cpu_processes_kill_resume_validate(workspace):
         assert len(ranks) >= 2
         proc.send_signal(signal.SIGKILL)  # the launcher only
         proc.wait()
-        deadline = time.time() + 30
-        while any(_alive(p) for p in ranks) and time.time() < deadline:
-            time.sleep(0.2)
-        assert not any(_alive(p) for p in ranks), "training processes outlived the killed launcher"
+        assert wait_until_gone(ranks, 30), "training processes outlived the killed launcher"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

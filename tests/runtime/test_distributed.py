@@ -13,6 +13,7 @@ import pytest
 from pnnunet.errors import PnnunetError
 from pnnunet.runtime import distributed as dist
 from pnnunet.training.sampling import forced_foreground_mask
+from tests.processes import process_alive, wait_until_gone
 from tests.conftest import REPO
 
 
@@ -84,12 +85,6 @@ def test_failing_rank_stops_the_others(monkeypatch):
     assert time.time() - t < 30
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -111,13 +106,10 @@ def test_killed_launcher_leaves_no_ranks(tmp_path, sig):
             time.sleep(0.1)
         time.sleep(0.2)
         pids = [int((tmp_path / f"rank{r}").read_text()) for r in range(2)]
-        assert all(_alive(p) for p in pids)
+        assert all(process_alive(p) for p in pids)
         proc.send_signal(sig)  # SIGKILL: the launcher cannot clean up, the ranks must notice themselves
         proc.wait(timeout=60)
-        deadline = time.time() + 20
-        while any(_alive(p) for p in pids) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not any(_alive(p) for p in pids), "ranks outlived their launcher"
+        assert wait_until_gone(pids, 20), "ranks outlived their launcher"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
