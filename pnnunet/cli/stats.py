@@ -30,28 +30,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def labels_for(dataset: str | None, seg_file: Path) -> dict | None:
-    """dataset.json ``labels`` from -d (id, name, folder, file) or SEG's folder; None when neither is there."""
+def dataset_json_for(dataset: str | None, seg_file: Path) -> dict | None:
+    """dataset.json from -d (id, name, folder or file) or SEG's folder; None when neither is there."""
     if dataset is None:
         dj = seg_file.parent / "dataset.json"
-        return load_dataset_json(dj)["labels"] if dj.is_file() else None
+        return load_dataset_json(dj) if dj.is_file() else None
     spec = Path(dataset).expanduser()
     if spec.is_file():
-        return load_dataset_json(spec)["labels"]
+        return load_dataset_json(spec)
     if spec.is_dir():
         if not (spec / "dataset.json").is_file():
             raise DatasetError(spec, "has no dataset.json", "pass a dataset id, name or a dataset.json file to -d")
-        return load_dataset_json(spec / "dataset.json")["labels"]
+        return load_dataset_json(spec / "dataset.json")
     roots = get_roots()
     name = resolve_dataset(dataset, roots.raw, roots.preprocessed)
     for folder in (roots.raw / name, roots.preprocessed / name):
         if (folder / "dataset.json").is_file():
-            return load_dataset_json(folder / "dataset.json")["labels"]
+            return load_dataset_json(folder / "dataset.json")
     raise DatasetError(roots.raw / name, "has no dataset.json", "pass the dataset.json file to -d")
 
 
 def _run(args: argparse.Namespace) -> int:
-    stats = case_statistics(args.i, args.s, labels_for(args.dataset, args.s), reference_file=args.ref)
+    dj = dataset_json_for(args.dataset, args.s)
+    stats = case_statistics(args.i, args.s, dj["labels"] if dj else None, reference_file=args.ref)
     write_statistics(stats, args.o)
     print(format_statistics(stats))
     print(f"statistics: {args.o}")
