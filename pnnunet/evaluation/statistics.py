@@ -311,7 +311,12 @@ def write_statistics(stats: dict, out_file: Path | str) -> Path:
     if suffix == ".json":
         write_json_atomic(out_file, stats)
         return out_file
-    rows = statistics_rows(stats)
+    write_rows_csv(statistics_rows(stats), out_file)
+    return out_file
+
+
+def write_rows_csv(rows: list[dict[str, Any]], out_file: Path | str) -> Path:
+    """Rows of :func:`statistics_rows` (one case or many) as CSV; None becomes an empty cell."""
     columns: list[str] = []
     for r in rows:
         columns += [c for c in r if c not in columns]
@@ -321,7 +326,7 @@ def write_statistics(stats: dict, out_file: Path | str) -> Path:
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
     with atomic_path(out_file) as tmp:
         tmp.write_text(buf.getvalue())
-    return out_file
+    return Path(out_file)
 
 
 def format_statistics(stats: dict) -> str:
