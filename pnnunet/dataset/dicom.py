@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import stat
 import tempfile
 import zipfile
@@ -148,17 +149,22 @@ def safe_extract(zip_file: Path | str, dest: Path | str) -> list[Path]:
 
 @contextmanager
 def dicom_folder(path: Path | str) -> Iterator[Path]:
-    """The folder to scan: ``path`` itself, or a zip extracted safely into a temporary folder (removed after)."""
+    """The folder to scan: ``path`` itself, or a zip extracted safely (or one DICOM file copied) into a
+    temporary folder that is removed afterwards."""
     path = Path(path)
     if path.is_dir():
         yield path
         return
     if not path.exists():
         raise DatasetError(path, "does not exist", "pass a folder of DICOM files or a .zip of one")
-    if not zipfile.is_zipfile(path):
+    single = not zipfile.is_zipfile(path)
+    if single and not _has_dicm_magic(path):
         raise DatasetError(path, "is neither a folder nor a zip file", "pass a folder of DICOM files or a .zip of one")
     with tempfile.TemporaryDirectory(prefix="pnnunet_dicom_") as tmp:
-        safe_extract(path, tmp)
+        if single:  # one (multi-frame or single-slice) DICOM file
+            shutil.copyfile(path, Path(tmp) / path.name)
+        else:
+            safe_extract(path, tmp)
         yield Path(tmp)
 
 

@@ -120,6 +120,13 @@ def test_zip_input_and_zip_slip(tmp_path):
     assert not (tmp_path / "escaped.dcm").exists() and not (dest / "ok").exists()
 
 
+def test_single_file_input(tmp_path):
+    files = write_ct_series(volume(shape_zyx=(1, 5, 6), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / "one")
+    (case,) = convert_dicom(files[0], tmp_path / "out")
+    img = sitk.ReadImage(str(case.image_file))
+    assert img.GetSize() == (6, 5, 1) and img.GetSpacing() == pytest.approx((0.75, 0.8, 2.5))  # z: SliceThickness
+
+
 def test_bad_inputs(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         convert_dicom(tmp_path / "missing", tmp_path / "o")
