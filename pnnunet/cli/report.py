@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pnnunet.cli.common import run_cli
-from pnnunet.cli.stats import dataset_json_for
+from pnnunet.cli.stats import add_case_args, dataset_json_for
 from pnnunet.evaluation.case_report import write_case_report
 from pnnunet.evaluation.statistics import case_statistics
 
@@ -17,15 +17,9 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Write CASE_report.png (axial/coronal/sagittal views with the labels "
                                             "and a legend) and CASE_report.html (self-contained: the views, the "
                                             "statistics table, model, date, 'not a medical device' notice).")
-    p.add_argument("-i", required=True, type=Path, help="image file (one channel, e.g. CASE_0000.nii.gz)")
-    p.add_argument("-s", required=True, type=Path, help="segmentation (label map) on the same grid")
+    add_case_args(p)
     p.add_argument("-o", required=True, type=Path, help="output folder (created)")
-    p.add_argument("-d", dest="dataset", default=None,
-                   help="label names and colours from this dataset (id, name, folder or dataset.json file); "
-                        "default: SEG's folder's dataset.json if present, else label_1, label_2, ...")
-    p.add_argument("-ref", type=Path, default=None, help="reference label map: adds Dice, IoU, HD95 to the table")
     p.add_argument("--model", default=None, help="model description shown in the header (e.g. 'Dataset004 3d_fullres')")
-    p.add_argument("--verbose", action="store_true")
     return p
 
 

@@ -19,15 +19,21 @@ def _parser() -> argparse.ArgumentParser:
                                             "(HU for CT) mean/std/median/min/max/p5/p95, bounding box, centroid, "
                                             "connected components, a touches-the-border flag; with -ref also "
                                             "Dice, IoU, volume difference %% and HD95.")
+    add_case_args(p)
+    p.add_argument("-o", required=True, type=Path, help="output file, .json or .csv")
+    return p
+
+
+def add_case_args(p: argparse.ArgumentParser) -> None:
+    """-i IMAGE -s SEG [-d D] [-ref REF] [--verbose], shared by pnnunet_stats and pnnunet_report."""
     p.add_argument("-i", required=True, type=Path, help="image file (one channel, e.g. CASE_0000.nii.gz)")
     p.add_argument("-s", required=True, type=Path, help="segmentation (label map) on the same grid")
     p.add_argument("-d", dest="dataset", default=None,
-                   help="label names from this dataset (id, name, folder or a dataset.json file); "
-                        "default: SEG's folder's dataset.json if present, else label_1, label_2, ...")
-    p.add_argument("-ref", type=Path, default=None, help="reference label map to compare with")
-    p.add_argument("-o", required=True, type=Path, help="output file, .json or .csv")
+                   help="label names (and label_colors) from this dataset (id, name, folder or a dataset.json "
+                        "file); default: SEG's folder's dataset.json if present, else label_1, label_2, ...")
+    p.add_argument("-ref", type=Path, default=None,
+                   help="reference label map to compare with (Dice, IoU, volume difference, HD95)")
     p.add_argument("--verbose", action="store_true")
-    return p
 
 
 def dataset_json_for(dataset: str | None, seg_file: Path) -> dict | None:
