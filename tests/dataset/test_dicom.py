@@ -85,10 +85,11 @@ def test_round_trip_nifti_dicom_nifti(tmp_path, slope, intercept, caplog):
     src = volume()
     if slope != 1.0:
         src = sitk.Cast(src, sitk.sitkFloat32) * slope - 0.25
-    write_ct_series(src, tmp_path / "dicom" / "series", slope=slope, intercept=intercept, order=[3, 0, 5, 1, 4, 2])
-    (tmp_path / "dicom" / "notes.txt").write_text("exported by a PACS")  # not DICOM: warned, ignored
+    top = tmp_path / "Müller_肝臓"                     # non-ASCII folder names, as PACS exports have
+    write_ct_series(src, top / "series", slope=slope, intercept=intercept, order=[3, 0, 5, 1, 4, 2])
+    (top / "notes.txt").write_text("exported by a PACS")  # not DICOM: warned, ignored
     with caplog.at_level(logging.WARNING, logger="pnnunet"):
-        (case,) = convert_dicom(tmp_path / "dicom", tmp_path / "out")
+        (case,) = convert_dicom(top, tmp_path / "out_é")
     assert any("notes.txt: not a DICOM file" in r.message for r in caplog.records)
     back = sitk.ReadImage(str(case.image_file))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(src))
