@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from make_planning_fixtures import write_example_case, write_json  # same folder
 
 REPO = Path(__file__).resolve().parents[2]
 PLANNING = REPO / "tests" / "planning" / "expected"
@@ -43,13 +44,6 @@ ISBI_SOURCE = Path("/work/shared/data/ISBI2012_EM_2D")
 PLANNERS = ("nnUNetPlannerResEncM", "nnUNetPlannerResEncL", "nnUNetPlannerResEncXL")
 HIPPO_DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
                       "numTraining": 220, "file_ending": ".nii.gz"}
-
-
-def write_json(obj, path: Path, sort_keys: bool = True) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, sort_keys=sort_keys, indent=4)
-        f.write("\n")
 
 
 def scenarios() -> dict[str, dict]:
@@ -64,18 +58,6 @@ def scenarios() -> dict[str, dict]:
     out["hippocampus_sample"] = {"id": 952, "dataset_json": REPO / "tests/data/upstream_preprocessed_b2nd/dataset.json",
                                  "fingerprint": REPO / "tests/data/upstream_preprocessed_b2nd/dataset_fingerprint.json"}
     return out
-
-
-def write_example_case(raw: Path, ds: dict, spacing_reader_order) -> None:
-    import SimpleITK as sitk
-
-    images = raw / "imagesTr"
-    images.mkdir(parents=True, exist_ok=True)
-    arr = np.zeros((4, 4, 4), dtype=np.float32)
-    for c in ds["channel_names"]:
-        img = sitk.GetImageFromArray(arr)
-        img.SetSpacing([float(s) for s in spacing_reader_order[::-1]])
-        sitk.WriteImage(img, str(images / f"case_000_{int(c):04d}{ds['file_ending']}"))
 
 
 def prepare(name: str, sc: dict, scratch: Path) -> str:

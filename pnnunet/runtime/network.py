@@ -252,23 +252,41 @@ def _per_axis(value, dim: int, name: str) -> list[int]:
     return value
 
 
-def unet_stages(n_stages: int, conv_dim: int, features_per_stage, kernel_sizes, strides, n_per_stage,
-                n_per_stage_name: str, n_conv_per_stage_decoder) -> tuple[list, list, list, list, list]:
-    """A plan's per-stage ``arch_kwargs`` checked and as lists: features, kernels, strides, encoder
-    counts (convs or residual blocks per stage, named ``n_per_stage_name`` in messages), decoder convs."""
-    if conv_dim not in (2, 3):
-        raise PnnunetError(f"conv_dim must be 2 or 3, got {conv_dim}")
-    if n_stages < 2:
-        raise PnnunetError(f"a U-Net needs at least 2 stages, the plan has n_stages={n_stages}")
-    features = [int(f) for f in _per_stage(features_per_stage, n_stages, "features_per_stage")]
-    kernels = [_per_axis(k, conv_dim, "kernel_sizes") for k in _per_stage(kernel_sizes, n_stages, "kernel_sizes")]
-    strides_ = [_per_axis(s, conv_dim, "strides") for s in _per_stage(strides, n_stages, "strides")]
-    n_enc = [int(v) for v in _per_stage(n_per_stage, n_stages, n_per_stage_name)]
-    n_dec = [int(v) for v in _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")]
-    return features, kernels, strides_, n_enc, n_dec
+class UNet(nn.Layer):
+    """An encoder (``encoder_class``) and the plain decoder; ``forward`` as nnU-Net's networks.
+
+    ``n_per_stage`` is the encoder's depth per stage: convs (PlainConvUNet) or residual blocks
+    (ResidualEncoderUNet); subclasses name it as upstream's keyword.
+    """
+
+    encoder_class: type = None  # (dim, input_channels, features, kernels, strides, n_per_stage, bias) -> Layer
+    n_per_stage_name = "n_per_stage"
+
+    def __init__(self, input_channels: int, n_stages: int, features_per_stage, conv_dim: int, kernel_sizes, strides,
+                 n_per_stage, num_classes: int, n_conv_per_stage_decoder, conv_bias: bool, deep_supervision: bool):
+        super().__init__()
+        if conv_dim not in (2, 3):
+            raise PnnunetError(f"conv_dim must be 2 or 3, got {conv_dim}")
+        if n_stages < 2:
+            raise PnnunetError(f"a U-Net needs at least 2 stages, the plan has n_stages={n_stages}")
+        features = [int(f) for f in _per_stage(features_per_stage, n_stages, "features_per_stage")]
+        kernels = [_per_axis(k, conv_dim, "kernel_sizes") for k in _per_stage(kernel_sizes, n_stages, "kernel_sizes")]
+        strides_ = [_per_axis(s, conv_dim, "strides") for s in _per_stage(strides, n_stages, "strides")]
+        n_enc = [int(v) for v in _per_stage(n_per_stage, n_stages, self.n_per_stage_name)]
+        n_dec = [int(v) for v in _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")]
+        self.conv_dim = conv_dim
+        self.num_classes = num_classes
+        self.strides = strides_
+        self.deep_supervision = bool(deep_supervision)
+        self.encoder = self.encoder_class(conv_dim, input_channels, features, kernels, strides_, n_enc, conv_bias)
+        self.decoder = Decoder(conv_dim, features, kernels, strides_, n_dec, num_classes, conv_bias)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor | list[paddle.Tensor]:
+        outputs = self.decoder(self.encoder(x), self.deep_supervision)
+        return outputs if self.deep_supervision else outputs[0]
 
 
-class PlainConvUNet(nn.Layer):
+class PlainConvUNet(UNet):
     """nnU-Net's PlainConvUNet (reference §6.1).
 
     Parameters
@@ -285,6 +303,9 @@ class PlainConvUNet(nn.Layer):
     InstanceNorm scale 1 / bias 0; the draw uses Paddle's global generator (``paddle.seed``).
     """
 
+    encoder_class = Encoder
+    n_per_stage_name = "n_conv_per_stage"
+
     def __init__(
         self,
         input_channels: int,
@@ -299,20 +320,8 @@ class PlainConvUNet(nn.Layer):
         conv_bias: bool = True,
         deep_supervision: bool = False,
     ):
-        super().__init__()
-        features, kernels, strides_, n_enc, n_dec = unet_stages(
-            n_stages, conv_dim, features_per_stage, kernel_sizes, strides, n_conv_per_stage, "n_conv_per_stage",
-            n_conv_per_stage_decoder)
-        self.conv_dim = conv_dim
-        self.num_classes = num_classes
-        self.strides = strides_
-        self.deep_supervision = bool(deep_supervision)
-        self.encoder = Encoder(conv_dim, input_channels, features, kernels, strides_, n_enc, conv_bias)
-        self.decoder = Decoder(conv_dim, features, kernels, strides_, n_dec, num_classes, conv_bias)
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor | list[paddle.Tensor]:
-        outputs = self.decoder(self.encoder(x), self.deep_supervision)
-        return outputs if self.deep_supervision else outputs[0]
+        super().__init__(input_channels, n_stages, features_per_stage, conv_dim, kernel_sizes, strides,
+                         n_conv_per_stage, num_classes, n_conv_per_stage_decoder, conv_bias, deep_supervision)
 
 
 def load_weights(network, weights: dict) -> None:

@@ -24,15 +24,7 @@ from typing import Sequence
 import paddle
 from paddle import nn
 
-from pnnunet.runtime.network import (
-    LEAKY_SLOPE,
-    ConvNorm,
-    ConvNormAct,
-    Decoder,
-    StackedConvs,
-    leaky_relu_for_mode,
-    unet_stages,
-)
+from pnnunet.runtime.network import LEAKY_SLOPE, ConvNorm, ConvNormAct, StackedConvs, UNet, leaky_relu_for_mode
 
 _AVG_POOL = {2: nn.AvgPool2D, 3: nn.AvgPool3D}
 
@@ -95,7 +87,7 @@ class ResidualEncoder(nn.Layer):
         return skips
 
 
-class ResidualEncoderUNet(nn.Layer):
+class ResidualEncoderUNet(UNet):
     """nnU-Net's ResidualEncoderUNet with BasicBlockD (the ResEnc M/L/XL presets' network).
 
     Parameters
@@ -107,6 +99,9 @@ class ResidualEncoderUNet(nn.Layer):
     num_classes : output channels (labels incl. background, or regions).
     deep_supervision : as :class:`pnnunet.runtime.network.PlainConvUNet`.
     """
+
+    encoder_class = ResidualEncoder
+    n_per_stage_name = "n_blocks_per_stage"
 
     def __init__(
         self,
@@ -122,17 +117,5 @@ class ResidualEncoderUNet(nn.Layer):
         conv_bias: bool = True,
         deep_supervision: bool = False,
     ):
-        super().__init__()
-        features, kernels, strides_, n_blocks, n_dec = unet_stages(
-            n_stages, conv_dim, features_per_stage, kernel_sizes, strides, n_blocks_per_stage, "n_blocks_per_stage",
-            n_conv_per_stage_decoder)
-        self.conv_dim = conv_dim
-        self.num_classes = num_classes
-        self.strides = strides_
-        self.deep_supervision = bool(deep_supervision)
-        self.encoder = ResidualEncoder(conv_dim, input_channels, features, kernels, strides_, n_blocks, conv_bias)
-        self.decoder = Decoder(conv_dim, features, kernels, strides_, n_dec, num_classes, conv_bias)
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor | list[paddle.Tensor]:
-        outputs = self.decoder(self.encoder(x), self.deep_supervision)
-        return outputs if self.deep_supervision else outputs[0]
+        super().__init__(input_channels, n_stages, features_per_stage, conv_dim, kernel_sizes, strides,
+                         n_blocks_per_stage, num_classes, n_conv_per_stage_decoder, conv_bias, deep_supervision)

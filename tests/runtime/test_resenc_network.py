@@ -15,6 +15,7 @@ from pnnunet.errors import PnnunetError
 from pnnunet.plans import resolve_configuration
 from pnnunet.runtime.architectures import build_network, network_kind
 from pnnunet.runtime.resenc_network import BasicBlockD, ResidualEncoderUNet
+from tests.runtime.upstream_probes import fill_like_upstream_script, probe
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "upstream_resenc"
 PLANS = Path(__file__).resolve().parents[1] / "planning" / "expected_resenc"
@@ -55,24 +56,12 @@ def test_skip_paths_follow_stride_and_channels():
     assert blocks[1].blocks[0].skip[1].conv.bias is None  # the 1×1 projection has no bias, as upstream
 
 
-def _fill_like_upstream_script(net):
-    for k, p in enumerate(net.parameters()):
-        n = int(np.prod(p.shape))
-        p.set_value((0.5 * np.sin(0.37 * np.arange(n) + 1.3 * k)).reshape(list(p.shape)).astype(np.float32))
-
-
-def _probe(out) -> list[float]:
-    o = out.numpy().astype(np.float64)
-    w = np.cos(0.5 * np.arange(o.size)).reshape(o.shape)
-    return [o.sum(), (o * o).sum(), (o * w).sum()]
-
-
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_forward_equals_upstream_with_same_weights(name):
     """Same deterministic weights and input as upstream's run: residual add, avg-pool skip, projection,
     stem, decoder concat order and heads all take part."""
     net = tiny(name, deep_supervision=True)
-    _fill_like_upstream_script(net)
+    fill_like_upstream_script(net)
     shape = TINY[name]["x_shape"]
     x = paddle.to_tensor(np.cos(0.11 * np.arange(np.prod(shape))).reshape(shape).astype(np.float32))
     expected = TINY[name]["probes"]
@@ -80,9 +69,9 @@ def test_forward_equals_upstream_with_same_weights(name):
         outs = net(x)
         assert len(outs) == len(expected)
         for out, ref in zip(outs, expected):
-            np.testing.assert_allclose(_probe(out), ref, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(probe(out), ref, rtol=1e-5, atol=1e-4)
     net.train()
-    np.testing.assert_allclose(_probe(net(x)[0]), expected[0], rtol=1e-5, atol=1e-4)  # training-mode activations
+    np.testing.assert_allclose(probe(net(x)[0]), expected[0], rtol=1e-5, atol=1e-4)  # training-mode activations
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
