@@ -83,6 +83,8 @@ def test_training_builds_the_residual_encoder_unet(workspace):
     assert "encoder.stem.convs.0.conv.weight" in weights
     assert list(weights["encoder.stages.3.blocks.5.conv2.conv.weight"].shape) == [16, 16, 3, 3, 3]  # 6 blocks
     assert list(weights["encoder.stages.1.blocks.0.skip.1.conv.weight"].shape) == [8, 4, 1, 1, 1]
+    n_params = sum(int(np.prod(v.shape)) for v in weights.values())
+    assert f"network ResidualEncoderUNet, {n_params:,} parameters" in (fold / "training_log.txt").read_text()
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert len(summary["metric_per_case"]) == 4  # fold 0's validation cases, predicted by the ResEnc
 
