@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -73,6 +73,12 @@ def create_app(config: AppConfig) -> FastAPI:
     app.state.runtime = state
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    @app.middleware("http")
+    async def _revalidate(request: Request, call_next):  # after an upgrade the page never runs an old script
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-cache")
+        return response
+
     @app.exception_handler(PnnunetError)
     async def _user_error(_: Request, e: PnnunetError):
         status = e.status if isinstance(e, UploadError) else 404 if isinstance(e, NotFound) else 400
@@ -103,6 +109,10 @@ def create_app(config: AppConfig) -> FastAPI:
     async def index():
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(status_code=204)
+
     @app.get("/api/info")
     async def info():
         return {"version": pnnunet.__version__, "models_root": str(config.models_root),
@@ -126,7 +136,10 @@ def create_app(config: AppConfig) -> FastAPI:
         if not isinstance(folds, list) or any(f not in entry.folds for f in folds):
             raise PnnunetError(f"folds {folds} are not all trained for {entry.key} (trained: {entry.folds})\n"
                                "  fix: pick trained folds")
-        job_id = store.create({"model": entry.key, "folds": folds, "models_root": str(config.models_root),
+        tta = body.get("tta", True)
+        if not isinstance(tta, bool):
+            raise PnnunetError("'tta' must be true or false")
+        job_id = store.create({"model": entry.key, "folds": folds, "tta": tta, "models_root": str(config.models_root),
                                "uploaded_bytes": 0, "files": []})
         return {"id": job_id}
 

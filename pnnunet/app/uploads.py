@@ -10,7 +10,6 @@ limit holds even when the client lies about ``Content-Length``.
 from __future__ import annotations
 
 import shutil
-import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,11 +17,11 @@ from pathlib import Path, PurePosixPath
 import anyio
 import SimpleITK as sitk
 
-from pnnunet.errors import PnnunetError
+from pnnunet.dataset.dicom import looks_like_dicom_input, safe_extract
+from pnnunet.errors import DatasetError, PnnunetError
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 ACCEPTED = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd) or MHA (.mha) image, or a DICOM series as a .zip or a folder"
-DICOM_MAGIC_OFFSET = 128
 
 
 class UploadError(PnnunetError):
@@ -75,51 +74,24 @@ def too_large(limit: int) -> str:
             "--max_upload_mb")
 
 
-def extract_zip(archive: Path, destination: Path, limit: int) -> list[Path]:
-    """Extract ``archive`` into ``destination``; every member is checked first (paths inside, no links,
-    total uncompressed size within ``limit``) so that a bad zip writes nothing."""
+def extract_zip(archive: Path, destination: Path, limit: int) -> None:
+    """Extract ``archive`` into ``destination`` with the DICOM import's checks (zip-slip refused before
+    anything is written, :func:`pnnunet.dataset.dicom.safe_extract`), after checking that its
+    uncompressed size stays within ``limit`` (a zip bomb is refused the same way)."""
     try:
-        zf = zipfile.ZipFile(archive)
+        with zipfile.ZipFile(archive) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
     except (zipfile.BadZipFile, OSError) as e:
-        raise UploadError(f"{archive.name}: not a readable zip file ({e})\n  fix: {ACCEPTED}") from None
-    with zf:
-        members, total = [], 0
-        for info in zf.infolist():
-            if info.is_dir():
-                continue
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise UploadError(f"{archive.name}: the zip contains a link ('{info.filename}'); nothing was "
-                                  "extracted\n  fix: zip the DICOM files themselves")
-            try:
-                rel = safe_relative_path(info.filename)
-            except UploadError:
-                raise UploadError(f"{archive.name}: the zip contains a path that leaves its folder "
-                                  f"('{info.filename}'); nothing was extracted\n  fix: zip the DICOM folder "
-                                  "without '..' or absolute paths") from None
-            total += info.file_size
-            if total > limit:
-                raise UploadError(f"{archive.name}: " + too_large(limit), 413)
-            members.append((info, rel))
-        if not members:
-            raise UploadError(f"{archive.name}: the zip is empty\n  fix: {ACCEPTED}")
-        out = []
-        for info, rel in members:
-            target = destination / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            out.append(target)
-    return out
-
-
-def is_dicom_file(path: Path) -> bool:
-    """A DICOM Part 10 file (``DICM`` after the 128-byte preamble)."""
+        raise UploadError(f"{archive.name}: not a readable zip file ({e})\n  fix: upload {ACCEPTED}") from None
+    if not infos:
+        raise UploadError(f"{archive.name}: the zip is empty\n  fix: upload {ACCEPTED}")
+    if sum(i.file_size for i in infos) > limit:
+        raise UploadError(f"{archive.name} (uncompressed): " + too_large(limit), 413)
     try:
-        with open(path, "rb") as f:
-            f.seek(DICOM_MAGIC_OFFSET)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
+        safe_extract(archive, destination)
+    except DatasetError as e:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise UploadError(f"{archive.name}: {e.problem}\n  fix: {e.fix}") from None
 
 
 def check_image(path: Path, shown_name: str) -> tuple[int, ...]:
@@ -170,19 +142,20 @@ def classify_upload(upload_dir: Path, files: list[str], limit: int) -> UploadedI
             return UploadedInput("image", path, case_name(PurePosixPath(name).name))
         if name.lower().endswith(".zip"):
             folder = upload_dir / "dicom"
-            extracted = extract_zip(path, folder, limit)
+            extract_zip(path, folder, limit)
             path.unlink()
-            return _dicom_folder(folder, extracted, case_name(PurePosixPath(name).name))
-        if is_dicom_file(path):
+            return _dicom_folder(folder, case_name(PurePosixPath(name).name))
+        if looks_like_dicom_input(path):
             return UploadedInput("dicom", path.parent, case_name(PurePosixPath(name).name))
         raise UploadError(f"'{PurePosixPath(name).name}' is not an image pnnunet can read\n  fix: upload {ACCEPTED}")
-    paths = [upload_dir / safe_relative_path(f) for f in files]
-    top = PurePosixPath(files[0].replace("\\", "/")).parts[0] if "/" in files[0].replace("\\", "/") else "dicom"
-    return _dicom_folder(upload_dir, paths, case_name(top))
+    for f in files:
+        safe_relative_path(f)
+    first = files[0].replace("\\", "/")
+    return _dicom_folder(upload_dir, case_name(PurePosixPath(first).parts[0] if "/" in first else "dicom"))
 
 
-def _dicom_folder(folder: Path, files: list[Path], name: str) -> UploadedInput:
-    if not any(is_dicom_file(f) for f in files):
-        raise UploadError(f"none of the {len(files)} uploaded file(s) is a DICOM file (e.g. '{files[0].name}')\n"
+def _dicom_folder(folder: Path, name: str) -> UploadedInput:
+    if not looks_like_dicom_input(folder):
+        raise UploadError(f"none of the uploaded files is a DICOM file (and there is not one image)\n"
                           f"  fix: upload {ACCEPTED}")
     return UploadedInput("dicom", folder, name)

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+import pnnunet
 from pnnunet.app.models import BEST, find_model, label_names
 from pnnunet.app.uploads import image_ending
 from pnnunet.cli.common import setup_logging
 from pnnunet.dataset.dicom import convert_dicom
+from pnnunet.dataset.dicom_seg import write_dicom_seg
 from pnnunet.defaults import parse_model_dir_name
 from pnnunet.errors import PnnunetError
 from pnnunet.evaluation.statistics import case_statistics, write_statistics
@@ -58,8 +60,8 @@ def _as_file(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _input_images(job: dict, folder: Path, ending: str, progress: ProgressFile) -> list[str]:
-    """Fill ``folder/images`` with ``CASE_0000<ending>``; the case names."""
+def _input_images(job: dict, folder: Path, ending: str, progress: ProgressFile) -> dict[str, list[Path] | None]:
+    """Fill ``folder/images`` with ``CASE_0000<ending>``; case name -> its DICOM files (None for an image)."""
     images = folder / "images"
     if images.exists():
         shutil.rmtree(images)
@@ -68,22 +70,27 @@ def _input_images(job: dict, folder: Path, ending: str, progress: ProgressFile) 
     source = folder / upload["path"]
     if upload["kind"] == "image":
         _as_file(source, images / f"{upload['name']}_0000{ending}")
-        return [upload["name"]]
+        return {upload["name"]: None}
     progress({"stage": "importing DICOM"})
     converted = folder / "dicom_nifti"
     if converted.exists():
         shutil.rmtree(converted)
-    convert_dicom(source, converted)
-    files = sorted(converted.glob("*_0000.nii.gz"))
-    if not files:
-        raise PnnunetError(f"{upload['name']}: no image series found in the uploaded DICOM files\n"
-                           "  fix: upload the folder (or zip) of one CT or MR series")
-    cases = []
-    for f in files:
-        case = f.name[: -len("_0000.nii.gz")]
-        _as_file(f, images / f"{case}_0000{ending}")
-        cases.append(case)
+    cases = {}
+    for case in convert_dicom(source, converted):  # a folder: the series' files stay where they are
+        _as_file(case.image_file, images / f"{case.case}_0000{ending}")
+        cases[case.case] = list(case.series.files)
     return cases
+
+
+def _dicom_seg(seg: Path, sources: list[Path], entry, out: Path, description: str) -> str | None:
+    """Write the DICOM-SEG of ``seg``; None, or why it was not written (highdicom missing, regions)."""
+    try:
+        write_dicom_seg(seg, sources, entry.labels, out, load_json(seg.parent / "dataset.json"),
+                        algorithm=description, algorithm_version=pnnunet.__version__)
+    except PnnunetError as e:
+        log.warning("no DICOM-SEG: %s", e)
+        return str(e).splitlines()[0]
+    return None
 
 
 def _choose(models_root: Path, entry):
@@ -110,12 +117,14 @@ def run_job(folder: Path) -> dict:
                            "  fix: pick a single-channel model, or use pnnunet_predict")
     ending = entry.file_ending
     progress({"stage": "importing"})
-    cases = _input_images(job, folder, ending, progress)
+    sources = _input_images(job, folder, ending, progress)
+    cases = list(sources)
     import_paddle()
     pipeline, choice = _choose(models_root, entry)
     output = folder / "output"
-    settings = pipeline.PredictionSettings(folds=job.get("folds") or None, progress=False,
-                                           num_preprocessing_workers=0, num_export_workers=0, on_progress=progress)
+    settings = pipeline.PredictionSettings(folds=job.get("folds") or None, use_tta=job.get("tta", True),
+                                           progress=False, num_preprocessing_workers=0, num_export_workers=0,
+                                           on_progress=progress)
     predicted = time.perf_counter()
     pipeline.predict_folder(folder / "images", output, choice, settings)
     predict_seconds = time.perf_counter() - predicted
@@ -130,11 +139,19 @@ def run_job(folder: Path) -> dict:
     write_statistics(stats, output / f"{case}_statistics.csv")
     files = {"segmentation": f"output/{case}{ending}", "statistics_csv": f"output/{case}_statistics.csv",
              "statistics_json": f"output/{case}_statistics.json"}
+    notes = []
+    if sources[case] is not None:
+        progress({"stage": "DICOM-SEG"})
+        why_not = _dicom_seg(seg, sources[case], entry, output / f"{case}_seg.dcm", choice.describe())
+        if why_not is None:
+            files["dicom_seg"] = f"output/{case}_seg.dcm"
+        else:
+            notes.append(f"no DICOM-SEG: {why_not}")
     result = {"state": "done", "message": f"segmented {case}" + (f" (and {len(cases) - 1} more series)"
                                                                    if len(cases) > 1 else ""),
               "cases": cases, "case": case, "files": files, "labels": label_names(entry.labels),
               "model": entry.key, "model_description": choice.describe(), "seconds": time.perf_counter() - start,
-              "predict_seconds": predict_seconds}
+              "predict_seconds": predict_seconds, "notes": notes}
     write_json_atomic(folder / "result.json", result)
     progress({"stage": "done"})
     return result

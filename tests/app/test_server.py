@@ -148,7 +148,8 @@ def test_zip_with_parent_paths_writes_nothing(roots):
     with TestClient(make_app(roots)) as client:
         job, r = submit(client, "series.zip", buf.getvalue())
         assert r.status_code == 400
-        assert "the zip contains a path that leaves its folder ('../../escaped.txt')" in r.json()["error"]
+        assert "series.zip: entry '../../escaped.txt' points outside the extraction folder (zip-slip); nothing was " \
+               "extracted" in r.json()["error"]
         assert not (roots["jobs"] / job / "upload").exists()  # not even the good member was extracted
         still_serving(client)
     assert snapshot(roots["tmp"], roots["jobs"]) == before
@@ -271,3 +272,12 @@ def test_two_uploads_at_once(roots):
             assert wait_for(client, j, ("done",), timeout=30)["state"] == "done"
         for j, name in zip(jobs, ("slow_a", "b")):
             assert (roots["jobs"] / j / "upload" / f"{name}.nii.gz").read_bytes() == data
+
+
+def test_a_4d_image_is_refused_before_a_job_runs(roots):
+    four_d = roots["tmp"] / "two.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 8, 8, 8), np.float32), isVector=False), str(four_d))
+    with TestClient(make_app(roots)) as client:
+        job, r = submit(client, "two.nii.gz", four_d.read_bytes())
+        assert r.status_code == 400 and "the platform segments one 2D or 3D grey-value image" in r.json()["error"]
+        assert client.get(f"/api/jobs/{job}").json()["state"] == "failed"

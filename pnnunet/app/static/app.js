@@ -89,7 +89,7 @@ async function start() {
   $("start").disabled = true;
   try {
     const { id } = await api("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ model: m.key, folds }) });
+      body: JSON.stringify({ model: m.key, folds, tta: $("tta").checked }) });
     if (state.sample) {
       await api(`/api/jobs/${id}/sample/${encodeURIComponent(state.sample)}`, { method: "POST" });
     } else {
@@ -237,8 +237,10 @@ function hoverName(event) {
   const dpr = nv.uiData.dpr || window.devicePixelRatio || 1;
   const frac = nv.canvasPos2frac([(event.clientX - rect.left) * dpr, (event.clientY - rect.top) * dpr]);
   if (!frac || frac[0] < 0) { $("hover").textContent = "point at a slice to name a label"; return; }
-  const vox = nv.frac2vox(frac, 1);
-  const value = Math.round(nv.volumes[1].getValue(vox[0], vox[1], vox[2]));
+  // RAS voxel of the label map (NiiVue 0.69's frac2vox reads an undefined "dims"; getValue takes RAS voxels)
+  const seg = nv.volumes[1];
+  const vox = [0, 1, 2].map((i) => Math.round(frac[i] * seg.dimsRAS[i + 1] - 0.5));
+  const value = Math.round(seg.getValue(vox[0], vox[1], vox[2]));
   $("hover").textContent = value > 0 ? `${state.labels[value] || "label " + value} (label ${value})` : "background";
 }
 
