@@ -173,7 +173,7 @@ async function refreshJobs() {
       b.onclick = async () => { await api(`/api/jobs/${j.id}/cancel`, { method: "POST" }); refreshJobs(); };
       actions.appendChild(b);
     }
-    if (state.follow === j.id && j.state === "done") { state.follow = null; openJob(j); }
+    if (state.follow === j.id && j.state === "done") { state.follow = null; $("upload-status").textContent = ""; openJob(j); }
     if (state.follow === j.id && (j.state === "failed" || j.state === "cancelled")) {
       state.follow = null;
       if (j.state === "failed") showError(j.message);
