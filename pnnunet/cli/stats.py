@@ -19,39 +19,46 @@ def _parser() -> argparse.ArgumentParser:
                                             "(HU for CT) mean/std/median/min/max/p5/p95, bounding box, centroid, "
                                             "connected components, a touches-the-border flag; with -ref also "
                                             "Dice, IoU, volume difference %% and HD95.")
-    p.add_argument("-i", required=True, type=Path, help="image file (one channel, e.g. CASE_0000.nii.gz)")
-    p.add_argument("-s", required=True, type=Path, help="segmentation (label map) on the same grid")
-    p.add_argument("-d", dest="dataset", default=None,
-                   help="label names from this dataset (id, name, folder or a dataset.json file); "
-                        "default: SEG's folder's dataset.json if present, else label_1, label_2, ...")
-    p.add_argument("-ref", type=Path, default=None, help="reference label map to compare with")
+    add_case_args(p)
     p.add_argument("-o", required=True, type=Path, help="output file, .json or .csv")
-    p.add_argument("--verbose", action="store_true")
     return p
 
 
-def labels_for(dataset: str | None, seg_file: Path) -> dict | None:
-    """dataset.json ``labels`` from -d (id, name, folder, file) or SEG's folder; None when neither is there."""
+def add_case_args(p: argparse.ArgumentParser) -> None:
+    """-i IMAGE -s SEG [-d D] [-ref REF] [--verbose], shared by pnnunet_stats and pnnunet_report."""
+    p.add_argument("-i", required=True, type=Path, help="image file (one channel, e.g. CASE_0000.nii.gz)")
+    p.add_argument("-s", required=True, type=Path, help="segmentation (label map) on the same grid")
+    p.add_argument("-d", dest="dataset", default=None,
+                   help="label names (and label_colors) from this dataset (id, name, folder or a dataset.json "
+                        "file); default: SEG's folder's dataset.json if present, else label_1, label_2, ...")
+    p.add_argument("-ref", type=Path, default=None,
+                   help="reference label map to compare with (Dice, IoU, volume difference, HD95)")
+    p.add_argument("--verbose", action="store_true")
+
+
+def dataset_json_for(dataset: str | None, seg_file: Path) -> dict | None:
+    """dataset.json from -d (id, name, folder or file) or SEG's folder; None when neither is there."""
     if dataset is None:
         dj = seg_file.parent / "dataset.json"
-        return load_dataset_json(dj)["labels"] if dj.is_file() else None
+        return load_dataset_json(dj) if dj.is_file() else None
     spec = Path(dataset).expanduser()
     if spec.is_file():
-        return load_dataset_json(spec)["labels"]
+        return load_dataset_json(spec)
     if spec.is_dir():
         if not (spec / "dataset.json").is_file():
             raise DatasetError(spec, "has no dataset.json", "pass a dataset id, name or a dataset.json file to -d")
-        return load_dataset_json(spec / "dataset.json")["labels"]
+        return load_dataset_json(spec / "dataset.json")
     roots = get_roots()
     name = resolve_dataset(dataset, roots.raw, roots.preprocessed)
     for folder in (roots.raw / name, roots.preprocessed / name):
         if (folder / "dataset.json").is_file():
-            return load_dataset_json(folder / "dataset.json")["labels"]
+            return load_dataset_json(folder / "dataset.json")
     raise DatasetError(roots.raw / name, "has no dataset.json", "pass the dataset.json file to -d")
 
 
 def _run(args: argparse.Namespace) -> int:
-    stats = case_statistics(args.i, args.s, labels_for(args.dataset, args.s), reference_file=args.ref)
+    dj = dataset_json_for(args.dataset, args.s)
+    stats = case_statistics(args.i, args.s, dj["labels"] if dj else None, reference_file=args.ref)
     write_statistics(stats, args.o)
     print(format_statistics(stats))
     print(f"statistics: {args.o}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import stat
 import tempfile
 import zipfile
@@ -45,6 +46,7 @@ NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD",
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 ORIENTATION_TOL = 1e-3     # difference of direction cosines: same orientation
 SPACING_REL_TOL = 0.01     # slice steps may differ by 1 % (rounding in the headers), no more
+WRITABLE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 TILT_TOL = 1e-3            # sine of the angle between the slice normal and the stacking direction
 
 
@@ -147,17 +149,22 @@ def safe_extract(zip_file: Path | str, dest: Path | str) -> list[Path]:
 
 @contextmanager
 def dicom_folder(path: Path | str) -> Iterator[Path]:
-    """The folder to scan: ``path`` itself, or a zip extracted safely into a temporary folder (removed after)."""
+    """The folder to scan: ``path`` itself, or a zip extracted safely (or one DICOM file copied) into a
+    temporary folder that is removed afterwards."""
     path = Path(path)
     if path.is_dir():
         yield path
         return
     if not path.exists():
         raise DatasetError(path, "does not exist", "pass a folder of DICOM files or a .zip of one")
-    if not zipfile.is_zipfile(path):
+    single = not zipfile.is_zipfile(path)
+    if single and not _has_dicm_magic(path):
         raise DatasetError(path, "is neither a folder nor a zip file", "pass a folder of DICOM files or a .zip of one")
     with tempfile.TemporaryDirectory(prefix="pnnunet_dicom_") as tmp:
-        safe_extract(path, tmp)
+        if single:  # one (multi-frame or single-slice) DICOM file
+            shutil.copyfile(path, Path(tmp) / path.name)
+        else:
+            safe_extract(path, tmp)
         yield Path(tmp)
 
 
@@ -342,9 +349,9 @@ def case_name(s: DicomSeries, taken: set[str]) -> str:
     return name
 
 
-def _sidecar(s: DicomSeries, case: str, img: sitk.Image, source: Path, folder: Path) -> dict:
+def _sidecar(s: DicomSeries, case: str, img: sitk.Image, source: Path, folder: Path, image: Path) -> dict:
     ds = s.headers[0]
-    return {"case": case, "image": f"{case}_0000.nii.gz", "source": str(source),
+    return {"case": case, "image": image.name, "source": str(source),
             "patient_id": s.patient_id, "study_instance_uid": s.study_uid, "series_instance_uid": s.uid,
             "study_date": str(ds.get("StudyDate", "") or ""), "modality": s.modality,
             "series_description": s.description, "series_number": s.number,
@@ -385,7 +392,7 @@ def select_series(series: list[DicomSeries], series_uid: str | None, where: Path
 
 
 def convert_dicom(input_dir_or_zip: Path | str, output_folder: Path | str,
-                  series_uid: str | None = None) -> list[DicomCase]:
+                  series_uid: str | None = None, file_ending: str = ".nii.gz") -> list[DicomCase]:
     """Write one ``CASE_0000.nii.gz`` + ``CASE.json`` per image series of a DICOM folder or zip.
 
     Parameters
@@ -393,6 +400,7 @@ def convert_dicom(input_dir_or_zip: Path | str, output_folder: Path | str,
     input_dir_or_zip : folder (searched recursively) or .zip of DICOM files
     output_folder : created if needed; existing case files are never overwritten
     series_uid : convert only this SeriesInstanceUID (an error if it cannot be converted)
+    file_ending : ``.nii.gz`` (default), ``.nrrd``, ``.mha``, ``.nii``: the model's file_ending
 
     Returns
     -------
@@ -403,16 +411,24 @@ def convert_dicom(input_dir_or_zip: Path | str, output_folder: Path | str,
     ------
     DatasetError : missing input, zip-slip, no convertible series, an output file that exists.
     """
-    with open_dicom_cases(input_dir_or_zip, output_folder, series_uid) as cases:
+    with open_dicom_cases(input_dir_or_zip, output_folder, series_uid, file_ending) as cases:
         return cases
 
 
 @contextmanager
-def open_dicom_cases(input_dir_or_zip: Path | str, output_folder: Path | str,
-                     series_uid: str | None = None) -> Iterator[list[DicomCase]]:
-    """:func:`convert_dicom` whose source files stay readable inside the ``with`` (for DICOM-SEG export)."""
+def open_dicom_cases(input_dir_or_zip: Path | str, output_folder: Path | str, series_uid: str | None = None,
+                     file_ending: str = ".nii.gz", sidecar_folder: Path | str | None = None
+                     ) -> Iterator[list[DicomCase]]:
+    """:func:`convert_dicom` whose source files stay readable inside the ``with`` (for DICOM-SEG export).
+
+    ``sidecar_folder``: where the ``CASE.json`` files go (default ``output_folder``; a prediction input
+    folder must hold images only)."""
+    if file_ending not in WRITABLE_ENDINGS:
+        raise DatasetError("dataset.json", f"DICOM series can be converted to {', '.join(WRITABLE_ENDINGS)}, "
+                                           f"not '{file_ending}'", "use a model trained on NIfTI, NRRD or MHA files")
     source = Path(input_dir_or_zip)
     output = Path(output_folder)
+    sidecars = Path(sidecar_folder) if sidecar_folder is not None else output
     with dicom_folder(source) as folder:
         series, _ = scan_dicom_folder(folder)
         usable = select_series(series, series_uid, source)
@@ -421,7 +437,7 @@ def open_dicom_cases(input_dir_or_zip: Path | str, output_folder: Path | str,
         for s in usable:
             name = case_name(s, taken)
             taken.add(name)
-            image, sidecar = output / f"{name}_0000.nii.gz", output / f"{name}.json"
+            image, sidecar = output / f"{name}_0000{file_ending}", sidecars / f"{name}.json"
             for f in (image, sidecar):
                 if f.exists():
                     raise DatasetError(f, f"already exists (it would be overwritten by {s.label})",
@@ -432,7 +448,7 @@ def open_dicom_cases(input_dir_or_zip: Path | str, output_folder: Path | str,
             img = read_series(s)
             with atomic_path(image) as tmp:
                 sitk.WriteImage(img, str(tmp), True)
-            write_json_atomic(sidecar, _sidecar(s, name, img, source, folder))
+            write_json_atomic(sidecar, _sidecar(s, name, img, source, folder, image))
             log.info("[%d/%d] %s -> %s (%s voxels, spacing %s mm)", i, len(plan), s.label, image.name,
                      "x".join(map(str, img.GetSize())), ", ".join(f"{v:.4g}" for v in img.GetSpacing()))
             cases.append(DicomCase(name, image, sidecar, s))
@@ -440,6 +456,23 @@ def open_dicom_cases(input_dir_or_zip: Path | str, output_folder: Path | str,
         log.info("converted %d series into %s%s", len(cases), output,
                  f"; skipped {len(skipped)} (see the warnings above)" if skipped else "")
         yield cases
+
+
+@contextmanager
+def prediction_input(path: Path | str, scratch_parent: Path | str,
+                     file_ending: str = ".nii.gz") -> Iterator[tuple[Path, list[DicomCase] | None]]:
+    """The folder to predict and the DICOM cases: ``(path, None)`` for a folder of images; for a DICOM
+    folder or zip, its series converted into a hidden temporary folder under ``scratch_parent``
+    (removed on exit; the source files stay readable inside the ``with`` for DICOM-SEG export)."""
+    path = Path(path)
+    if not looks_like_dicom_input(path):
+        yield path, None
+        return
+    Path(scratch_parent).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".dicom_input-", dir=scratch_parent) as tmp:
+        images = Path(tmp) / "images"
+        with open_dicom_cases(path, images, file_ending=file_ending, sidecar_folder=tmp) as cases:
+            yield images, cases
 
 
 def describe_series(series: Sequence[DicomSeries]) -> str:

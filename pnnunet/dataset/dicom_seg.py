@@ -27,7 +27,8 @@ from pnnunet.fileio import atomic_path
 INSTALL_HINT = 'pip install "pnnunet[dicom]"  (installs highdicom)'
 
 
-def _highdicom():
+def require_highdicom():
+    """The highdicom module, or a PnnunetError with the install hint (call it before long work)."""
     try:
         import highdicom
     except ImportError:
@@ -52,7 +53,7 @@ def write_dicom_seg(seg_file: Path | str, source_files: Sequence[Path | str], la
     ------
     PnnunetError : highdicom missing; DatasetError : the label map does not match the series.
     """
-    hd = _highdicom()
+    hd = require_highdicom()
     seg_file, out_file = Path(seg_file), Path(out_file)
     sources = [pydicom.dcmread(str(f)) for f in source_files]
     img = sitk.ReadImage(str(seg_file))

@@ -93,7 +93,7 @@ def _label_array(img: sitk.Image, path: Path | str) -> np.ndarray:
     elif arr.size and arr.min() < 0:
         problem = f"has negative values (min {arr.min():g})"
     else:
-        return arr.astype(np.int64, copy=False)
+        return arr if np.issubdtype(arr.dtype, np.integer) else arr.astype(np.int64)
     raise DatasetError(path, f"is not a label map ({problem})",
                        "pass the segmentation (labels 0, 1, 2, ...), not the image or a probability map")
 
@@ -122,16 +122,6 @@ def components(mask: np.ndarray) -> tuple[int, float | None]:
     labeled, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True, binary_image=True)
     sizes = np.bincount(labeled.ravel(), minlength=n + 1)[1:]
     return int(n), float(sizes.max() / sizes.sum())
-
-
-def touches_border(mask: np.ndarray) -> bool:
-    """True when the mask has a voxel on a face of the array (axes of length 1 are ignored: 2D images)."""
-    for axis, n in enumerate(mask.shape):
-        if n == 1:
-            continue
-        if np.take(mask, 0, axis=axis).any() or np.take(mask, n - 1, axis=axis).any():
-            return True
-    return False
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -185,8 +175,15 @@ def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float
             "reference_voxels": int(n_ref), "reference_volume_ml": n_ref * voxel_ml}
 
 
-def label_statistics(image: sitk.Image, intensities: np.ndarray, mask: np.ndarray) -> dict:
-    """Statistics of one bool mask (array order z, y, x as ``sitk.GetArrayFromImage``) on ``image``'s grid."""
+def label_statistics(image: sitk.Image, intensities: np.ndarray, mask: np.ndarray,
+                     offset: Sequence[int] | None = None) -> dict:
+    """Statistics of one bool mask on ``image``'s grid.
+
+    mask : array order (z, y, x) as ``sitk.GetArrayFromImage``: the whole image, or a crop of it whose
+        first voxel is ``offset`` (z, y, x) and that contains every voxel of the mask; ``intensities``
+        is cropped the same way. Cropping to the label's box makes large CTs fast; the border flag and
+        all positions refer to the whole image.
+    """
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     n = int(np.count_nonzero(mask))
@@ -195,20 +192,39 @@ def label_statistics(image: sitk.Image, intensities: np.ndarray, mask: np.ndarra
         out.update(bbox_voxels=None, bbox_mm=None, centroid_voxels=None, centroid_mm=None,
                    components=0, largest_component_share=None, touches_border=False)
         return out
-    idx = np.nonzero(mask)  # array order (z, y, x) -> reversed for (x, y, z)
+    off = np.zeros(mask.ndim, int) if offset is None else np.asarray(offset, int)
+    idx = [a + o for a, o in zip(np.nonzero(mask), off)]  # array order (z, y, x) -> reversed for (x, y, z)
     lo = [int(a.min()) for a in idx][::-1]
     hi = [int(a.max()) for a in idx][::-1]
     centroid = [float(a.mean()) for a in idx][::-1]
     corners = np.array([_to_physical(image, corner)
                         for corner in _corner_choices([np.array(lo) - 0.5, np.array(hi) + 0.5])])
     n_comp, share = components(mask)
+    size_xyz = image.GetSize()
+    border = any(n_ax > 1 and (lo[a] == 0 or hi[a] == n_ax - 1) for a, n_ax in enumerate(size_xyz))
     out.update(
         bbox_voxels={"min": lo, "max": hi, "size": [h - l + 1 for l, h in zip(lo, hi)]},
         bbox_mm={"min": corners.min(0).tolist(), "max": corners.max(0).tolist(),
                  "size": [float((h - l + 1) * s) for l, h, s in zip(lo, hi, spacing)]},
         centroid_voxels=centroid, centroid_mm=_to_physical(image, centroid),
-        components=n_comp, largest_component_share=share, touches_border=touches_border(mask))
+        components=n_comp, largest_component_share=share, touches_border=bool(border))
     return out
+
+
+def _boxes(seg: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Bounding box (slices) of every value > 0 present in a non-negative integer label map (one pass)."""
+    return {v: box for v, box in enumerate(ndimage.find_objects(seg), start=1) if box is not None}
+
+
+def _union_box(boxes: Sequence[tuple[slice, ...] | None]) -> tuple[slice, ...] | None:
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(len(boxes[0])))
+
+
+def _box_of(boxes: dict[int, tuple[slice, ...]], value: int | tuple[int, ...]) -> tuple[slice, ...] | None:
+    return _union_box([boxes.get(v) for v in (value if isinstance(value, tuple) else (value,))])
 
 
 def _corner_choices(bounds: list[np.ndarray]) -> list[list[float]]:
@@ -256,12 +272,18 @@ def case_statistics(image_file: Path | str, seg_file: Path | str, labels: Mappin
         "reference": None if reference_file is None else str(reference_file),
         "size_voxels": list(img.GetSize()), "spacing_mm": spacing, "origin_mm": list(img.GetOrigin()),
         "direction": list(img.GetDirection()), "voxel_volume_ml": voxel_ml, "labels": {}}
+    seg_boxes = _boxes(seg)
+    ref_boxes = _boxes(ref) if ref is not None else {}
+    empty = tuple(slice(0, 0) for _ in seg.shape)
     for name, value in table.items():
-        mask = label_or_region_mask(seg, value)
         entry = {"label": list(value) if isinstance(value, tuple) else value}
-        entry.update(label_statistics(img, intensities, mask))
-        if ref is not None:
-            entry.update(compare_masks(mask, label_or_region_mask(ref, value), spacing[::-1], voxel_ml))
+        box = _box_of(seg_boxes, value) or empty
+        entry.update(label_statistics(img, intensities[box], label_or_region_mask(seg[box], value),
+                                      [b.start for b in box]))
+        if ref is not None:  # both masks cropped to the union of their boxes: the distances stay exact
+            both = _union_box([_box_of(seg_boxes, value), _box_of(ref_boxes, value)]) or empty
+            entry.update(compare_masks(label_or_region_mask(seg[both], value), label_or_region_mask(ref[both], value),
+                                       spacing[::-1], voxel_ml))
         out["labels"][name] = entry
     if ref is not None:
         out["foreground_mean"] = {k: _mean([e[k] for e in out["labels"].values()]) for k in COMPARISON_KEYS}
@@ -311,7 +333,12 @@ def write_statistics(stats: dict, out_file: Path | str) -> Path:
     if suffix == ".json":
         write_json_atomic(out_file, stats)
         return out_file
-    rows = statistics_rows(stats)
+    write_rows_csv(statistics_rows(stats), out_file)
+    return out_file
+
+
+def write_rows_csv(rows: list[dict[str, Any]], out_file: Path | str) -> Path:
+    """Rows of :func:`statistics_rows` (one case or many) as CSV; None becomes an empty cell."""
     columns: list[str] = []
     for r in rows:
         columns += [c for c in r if c not in columns]
@@ -321,7 +348,7 @@ def write_statistics(stats: dict, out_file: Path | str) -> Path:
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
     with atomic_path(out_file) as tmp:
         tmp.write_text(buf.getvalue())
-    return out_file
+    return Path(out_file)
 
 
 def format_statistics(stats: dict) -> str:

@@ -85,10 +85,11 @@ def test_round_trip_nifti_dicom_nifti(tmp_path, slope, intercept, caplog):
     src = volume()
     if slope != 1.0:
         src = sitk.Cast(src, sitk.sitkFloat32) * slope - 0.25
-    write_ct_series(src, tmp_path / "dicom" / "series", slope=slope, intercept=intercept, order=[3, 0, 5, 1, 4, 2])
-    (tmp_path / "dicom" / "notes.txt").write_text("exported by a PACS")  # not DICOM: warned, ignored
+    top = tmp_path / "Müller_肝臓"                     # non-ASCII folder names, as PACS exports have
+    write_ct_series(src, top / "series", slope=slope, intercept=intercept, order=[3, 0, 5, 1, 4, 2])
+    (top / "notes.txt").write_text("exported by a PACS")  # not DICOM: warned, ignored
     with caplog.at_level(logging.WARNING, logger="pnnunet"):
-        (case,) = convert_dicom(tmp_path / "dicom", tmp_path / "out")
+        (case,) = convert_dicom(top, tmp_path / "out_é")
     assert any("notes.txt: not a DICOM file" in r.message for r in caplog.records)
     back = sitk.ReadImage(str(case.image_file))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(src))
@@ -118,6 +119,13 @@ def test_zip_input_and_zip_slip(tmp_path):
     with pytest.raises(DatasetError, match="zip-slip"):
         convert_dicom(evil, tmp_path / "out2")
     assert not (tmp_path / "escaped.dcm").exists() and not (dest / "ok").exists()
+
+
+def test_single_file_input(tmp_path):
+    files = write_ct_series(volume(shape_zyx=(1, 5, 6), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / "one")
+    (case,) = convert_dicom(files[0], tmp_path / "out")
+    img = sitk.ReadImage(str(case.image_file))
+    assert img.GetSize() == (6, 5, 1) and img.GetSpacing() == pytest.approx((0.75, 0.8, 2.5))  # z: SliceThickness
 
 
 def test_bad_inputs(tmp_path):

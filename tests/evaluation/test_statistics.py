@@ -14,7 +14,6 @@ from pnnunet.evaluation.statistics import (
     case_statistics,
     components,
     surface_distance_percentile,
-    touches_border,
     write_statistics,
 )
 
@@ -88,6 +87,17 @@ def test_labels_default_to_values_present(case):
     assert list(case_statistics(img_file, seg_file)["labels"]) == ["label_1", "label_2"]
 
 
+def test_single_slice_image_border_ignores_the_slice_axis(tmp_path):
+    seg = np.zeros((1, 6, 6), np.uint8)
+    seg[0, 2:4, 2:4] = 1                      # inside in x and y; z has one slice (a 2D image)
+    seg[0, 0, 5] = 2                          # a corner voxel: on the border
+    img_file = _write(tmp_path / "i.nii.gz", np.zeros((1, 6, 6), np.float32))
+    stats = case_statistics(img_file, _write(tmp_path / "s.nii.gz", seg))
+    assert stats["labels"]["label_1"]["touches_border"] is False
+    assert stats["labels"]["label_2"]["touches_border"] is True
+    assert stats["labels"]["label_1"]["bbox_voxels"] == {"min": [2, 2, 0], "max": [3, 3, 0], "size": [2, 2, 1]}
+
+
 def test_region_label_is_the_union(case):
     img_file, seg_file, *_ = case
     stats = case_statistics(img_file, seg_file, {"background": 0, "organs": [1, 2]})
@@ -102,9 +112,6 @@ def test_helpers_on_tiny_masks():
     m2 = m.copy()
     m2[3, 3, 3] = True                      # now joined diagonally (26-connectivity) to both
     assert components(m2)[0] == 1
-    assert touches_border(m) is True        # (4, 4, 4) is on the last face
-    assert touches_border(m[:4, :4, :4]) is False
-    assert touches_border(np.ones((1, 3, 3), bool) & np.pad(np.ones((1, 1, 1), bool), ((0, 0), (1, 1), (1, 1)))) is False
     assert components(np.zeros((3, 3), bool)) == (0, None)
 
 
