@@ -28,7 +28,7 @@ from pnnunet.dataset.dicom import convert_dicom
 from pnnunet.dataset.dicom_seg import write_dicom_seg
 from pnnunet.defaults import parse_model_dir_name
 from pnnunet.errors import PnnunetError
-from pnnunet.evaluation.statistics import case_statistics, write_statistics
+from pnnunet.evaluation.clinical_outputs import write_clinical_outputs
 from pnnunet.fileio import load_json, write_json_atomic
 from pnnunet.runtime.device import import_paddle
 
@@ -60,8 +60,9 @@ def _as_file(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _input_images(job: dict, folder: Path, ending: str, progress: ProgressFile) -> dict[str, list[Path] | None]:
-    """Fill ``folder/images`` with ``CASE_0000<ending>``; case name -> its DICOM files (None for an image)."""
+def _input_images(job: dict, folder: Path, ending: str, progress: ProgressFile) -> tuple[list[str], list]:
+    """Fill ``folder/images`` with ``CASE_0000<ending>``; the case names and, for DICOM, the converted
+    series (:class:`pnnunet.dataset.dicom.DicomCase`, their source files stay in the job folder)."""
     images = folder / "images"
     if images.exists():
         shutil.rmtree(images)
@@ -70,23 +71,22 @@ def _input_images(job: dict, folder: Path, ending: str, progress: ProgressFile) 
     source = folder / upload["path"]
     if upload["kind"] == "image":
         _as_file(source, images / f"{upload['name']}_0000{ending}")
-        return {upload["name"]: None}
+        return [upload["name"]], []
     progress({"stage": "importing DICOM"})
     converted = folder / "dicom_nifti"
     if converted.exists():
         shutil.rmtree(converted)
-    cases = {}
-    for case in convert_dicom(source, converted):  # a folder: the series' files stay where they are
+    dicom_cases = convert_dicom(source, converted)  # a folder: the series' files stay where they are
+    for case in dicom_cases:
         _as_file(case.image_file, images / f"{case.case}_0000{ending}")
-        cases[case.case] = list(case.series.files)
-    return cases
+    return [c.case for c in dicom_cases], dicom_cases
 
 
-def _dicom_seg(seg: Path, sources: list[Path], entry, out: Path, description: str) -> str | None:
+def _dicom_seg(seg: Path, dicom_case, dataset_json: dict, out: Path, description: str) -> str | None:
     """Write the DICOM-SEG of ``seg``; None, or why it was not written (highdicom missing, regions)."""
     try:
-        write_dicom_seg(seg, sources, entry.labels, out, load_json(seg.parent / "dataset.json"),
-                        algorithm=description, algorithm_version=pnnunet.__version__)
+        write_dicom_seg(seg, dicom_case.series.files, dataset_json["labels"], out, dataset_json,
+                        algorithm=description[:64], algorithm_version=pnnunet.__version__)
     except PnnunetError as e:
         log.warning("no DICOM-SEG: %s", e)
         return str(e).splitlines()[0]
@@ -117,8 +117,7 @@ def run_job(folder: Path) -> dict:
                            "  fix: pick a single-channel model, or use pnnunet_predict")
     ending = entry.file_ending
     progress({"stage": "importing"})
-    sources = _input_images(job, folder, ending, progress)
-    cases = list(sources)
+    cases, dicom_cases = _input_images(job, folder, ending, progress)
     import_paddle()
     pipeline, choice = _choose(models_root, entry)
     output = folder / "output"
@@ -128,21 +127,26 @@ def run_job(folder: Path) -> dict:
     predicted = time.perf_counter()
     pipeline.predict_folder(folder / "images", output, choice, settings)
     predict_seconds = time.perf_counter() - predicted
-    progress({"stage": "statistics"})
+    progress({"stage": "statistics and report"})
     case = cases[0]
     image, seg = folder / "images" / f"{case}_0000{ending}", output / f"{case}{ending}"
     view = folder / "view"
     _as_file(image, view / "image.nii.gz")
     _as_file(seg, view / "seg.nii.gz")
-    stats = case_statistics(image, seg, entry.labels)
-    write_statistics(stats, output / f"{case}_statistics.json")
-    write_statistics(stats, output / f"{case}_statistics.csv")
-    files = {"segmentation": f"output/{case}{ending}", "statistics_csv": f"output/{case}_statistics.csv",
-             "statistics_json": f"output/{case}_statistics.json"}
+    dataset_json = load_json(output / "dataset.json")  # the model's, as predict_folder wrote it
+    model_info = {"model": choice.describe(), "folds": " ".join(map(str, job.get("folds") or [])) or "all trained",
+                  "mirroring (TTA)": "on" if job.get("tta", True) else "off"}
+    (outputs,) = [o for o in write_clinical_outputs(folder / "images", output, dataset_json, stats=True, report=True,
+                                                    dicom_cases=dicom_cases, model_info=model_info)
+                  if o.case == case]
+    files = {"segmentation": f"output/{case}{ending}", "statistics_csv": "output/statistics.csv",
+             "statistics_json": f"output/{outputs.statistics.name}",
+             "report_html": f"output/{outputs.report_html.name}", "report_png": f"output/{outputs.report_png.name}"}
     notes = []
-    if sources[case] is not None:
+    if dicom_cases:
         progress({"stage": "DICOM-SEG"})
-        why_not = _dicom_seg(seg, sources[case], entry, output / f"{case}_seg.dcm", choice.describe())
+        dicom_case = next(c for c in dicom_cases if c.case == case)
+        why_not = _dicom_seg(seg, dicom_case, dataset_json, output / f"{case}_seg.dcm", choice.describe())
         if why_not is None:
             files["dicom_seg"] = f"output/{case}_seg.dcm"
         else:

@@ -51,7 +51,6 @@ if _missing():
     pytest.skip(f"BROWSER TESTS SKIPPED: {_missing()}", allow_module_level=True)
 
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -111,6 +110,12 @@ def _open(browser, base):
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
 
 
+def _job_state(browser) -> str | None:
+    """The newest job's state text, read in one script call (the table is redrawn every 0.7 s)."""
+    return browser.execute_script("const c = document.querySelector('#jobs tbody tr .job-state');"
+                                  "return c ? c.textContent : null;")
+
+
 def _canvas_pixels(browser) -> np.ndarray:
     from PIL import Image
 
@@ -132,17 +137,14 @@ def test_upload_segment_view_statistics_download(server, browser, tmp_path):
 
     states, deadline = [], time.monotonic() + 90
     while not browser.find_element(By.ID, "gl").get_attribute("data-loaded"):
-        try:  # the table is redrawn every 0.7 s
-            text = browser.find_element(By.CSS_SELECTOR, "#jobs tbody tr .job-state").text
-        except (NoSuchElementException, StaleElementReferenceException):
-            text = None
+        text = _job_state(browser)
         if text and (not states or text != states[-1]):
             states.append(text)
         assert "failed" not in (states[-1] if states else ""), states
         assert time.monotonic() < deadline, f"the viewer never loaded; job states seen: {states}"
         time.sleep(0.05)
     assert any(s.startswith("running") for s in states), states  # the progress was shown
-    final = browser.find_element(By.CSS_SELECTOR, "#jobs tbody tr .job-state").text
+    final = _job_state(browser)
     assert final.startswith("done in"), (final, states)
 
     time.sleep(1.0)  # the first frames of the 3D render
@@ -172,7 +174,7 @@ def test_upload_segment_view_statistics_download(server, browser, tmp_path):
 
     links = {a.get_attribute("data-kind"): a.get_attribute("href")
              for a in browser.find_elements(By.CSS_SELECTOR, "#downloads a.download")}
-    assert {"segmentation", "statistics_csv", "statistics_json"} <= set(links)
+    assert {"segmentation", "statistics_csv", "statistics_json", "report_html", "report_png"} <= set(links)
     seg_file = tmp_path / "seg.nii.gz"
     seg_file.write_bytes(urllib.request.urlopen(links["segmentation"]).read())
     seg, img = sitk.ReadImage(str(seg_file)), sitk.ReadImage(str(CASE))

@@ -55,7 +55,7 @@ def test_app_segments_like_pnnunet_predict(tiny_models, tmp_path):
         assert np.array_equal(sitk.GetArrayFromImage(app_seg), sitk.GetArrayFromImage(cli_seg))
         assert app_seg.GetSpacing() == cli_seg.GetSpacing() and app_seg.GetOrigin() == cli_seg.GetOrigin()
         stages = [p["stage"] for p in seen]
-        assert {"importing", "predicting", "statistics", "done"} <= set(stages)
+        assert {"importing", "predicting", "statistics and report", "done"} <= set(stages)
         tiles = [(p["tile"], p["tiles"]) for p in seen if p["stage"] == "predicting" and p.get("tiles")]
         # polled: the readings seen move forward through one case's tiles (the last one may be missed)
         assert len({t for t, _ in tiles}) >= 2 and tiles == sorted(tiles) and all(0 < t <= n for t, n in tiles)
@@ -67,6 +67,9 @@ def test_app_segments_like_pnnunet_predict(tiny_models, tmp_path):
         assert [labels[n]["voxels"] for n in labels] == [int((seg == 1).sum()), int((seg == 2).sum())]
         csv = client.get(f"/api/jobs/{s['id']}/download/statistics_csv").text
         assert csv.splitlines()[0].startswith("case,name") and "Anterior" in csv
+        report = client.get(f"/api/jobs/{s['id']}/download/report_html").text
+        assert "Not a medical device" in report and "Anterior" in report and "data:image/png;base64," in report
+        assert client.get(f"/api/jobs/{s['id']}/download/report_png").content[:4] == b"\x89PNG"
         for name in ("image.nii.gz", "seg.nii.gz"):
             assert client.get(f"/api/jobs/{s['id']}/view/{name}").status_code == 200
 
