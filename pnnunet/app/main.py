@@ -53,6 +53,9 @@ def _run(args: argparse.Namespace) -> int:
         models = args.models or get_roots().results
         jobs = args.jobs or models.expanduser().resolve().parent / "app_jobs"
     models, jobs = Path(models).expanduser().resolve(), Path(jobs).expanduser().resolve()
+    if not models.is_dir():
+        raise PnnunetError(f"--models {models}: no such folder\n  fix: pass the results root with the trained models "
+                           "(DatasetXXX_Name/<Trainer>__<Plans>__<config>/fold_K), or use --demo")
     if args.max_upload_mb <= 0:
         raise PnnunetError("--max_upload_mb must be > 0")
     config = AppConfig(models, jobs, int(args.max_upload_mb * 2**20), samples)
