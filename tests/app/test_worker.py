@@ -87,12 +87,15 @@ def test_dicom_zip_is_imported_and_gets_a_dicom_seg(tiny_models, tmp_path):
         assert s["state"] == "done", s["message"]
         assert "importing DICOM" in [p["stage"] for p in seen]
         files = s["result"]["files"]
-        if "dicom_seg" not in files:  # highdicom refuses e.g. an all-background label map: said so
-            assert s["result"]["notes"] and s["result"]["notes"][0].startswith("no DICOM-SEG")
-        else:
-            seg = pydicom.dcmread(io.BytesIO(client.get(f"/api/jobs/{s['id']}/download/dicom_seg").content))
-            assert seg.Modality == "SEG"
-            assert {x.SegmentLabel for x in seg.SegmentSequence} <= {"Anterior", "Posterior"}
+        assert "dicom_seg" in files and s["result"]["notes"] == []
+        seg = pydicom.dcmread(io.BytesIO(client.get(f"/api/jobs/{s['id']}/download/dicom_seg").content))
+        assert seg.Modality == "SEG"
+        assert {x.SegmentLabel for x in seg.SegmentSequence} <= {"Anterior", "Posterior"}
+        source_uid = pydicom.dcmread(next(series.iterdir())).SeriesInstanceUID
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source_uid
+        assert "report_html" in files  # with the series' ids in its header
+        report = client.get(f"/api/jobs/{s['id']}/download/report_html").text
+        assert source_uid in report
         image = sitk.ReadImage(str(tmp_path / "jobs" / s["id"] / "view" / "image.nii.gz"))
         assert image.GetSize() == (16, 16, 5)
 
