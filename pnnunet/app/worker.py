@@ -26,6 +26,7 @@ from pnnunet.app.uploads import image_ending
 from pnnunet.cli.common import setup_logging
 from pnnunet.dataset.dicom import convert_dicom
 from pnnunet.dataset.dicom_seg import write_dicom_seg
+from pnnunet.dataset.label_colors import label_colors
 from pnnunet.defaults import parse_model_dir_name
 from pnnunet.errors import PnnunetError
 from pnnunet.evaluation.clinical_outputs import write_clinical_outputs
@@ -93,6 +94,12 @@ def _dicom_seg(seg: Path, dicom_case, dataset_json: dict, out: Path, description
     return None
 
 
+def _colors_by_value(labels: dict, dataset_json: dict) -> dict[int, list[int]]:
+    """Label value -> RGB, the colours of the report and the DICOM-SEG (:mod:`pnnunet.dataset.label_colors`)."""
+    by_name = label_colors(labels, dataset_json)
+    return {value: list(by_name[name]) for value, name in label_names(labels).items() if name in by_name}
+
+
 def _choose(models_root: Path, entry):
     from pnnunet.inference import pipeline  # deferred: imports Paddle at load time (after import_paddle())
 
@@ -154,6 +161,7 @@ def run_job(folder: Path) -> dict:
     result = {"state": "done", "message": f"segmented {case}" + (f" (and {len(cases) - 1} more series)"
                                                                    if len(cases) > 1 else ""),
               "cases": cases, "case": case, "files": files, "labels": label_names(entry.labels),
+              "colors": _colors_by_value(entry.labels, dataset_json),
               "model": entry.key, "model_description": choice.describe(), "seconds": time.perf_counter() - start,
               "predict_seconds": predict_seconds, "notes": notes}
     write_json_atomic(folder / "result.json", result)

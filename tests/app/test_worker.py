@@ -17,6 +17,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from pnnunet.app.server import AppConfig, create_app
+from pnnunet.dataset.label_colors import default_color
 from tests.app.conftest import CASE, TINY_MODEL
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +61,7 @@ def test_app_segments_like_pnnunet_predict(tiny_models, tmp_path):
         # polled: the readings seen move forward through one case's tiles (the last one may be missed)
         assert len({t for t, _ in tiles}) >= 2 and tiles == sorted(tiles) and all(0 < t <= n for t, n in tiles)
         assert s["result"]["labels"] == {"1": "Anterior", "2": "Posterior"}
+        assert s["result"]["colors"] == {"1": list(default_color(1)), "2": list(default_color(2))}  # as the report
         stats = client.get(f"/api/jobs/{s['id']}/download/statistics_json").json()
         labels = stats["labels"]
         assert list(labels) == ["Anterior", "Posterior"]

@@ -2,9 +2,10 @@
 import { Niivue, SLICE_TYPE, SHOW_RENDER } from "/static/niivue/niivue.js";
 
 const $ = (id) => document.getElementById(id);
-const PALETTE = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
-  [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]];  // tab10, as pnnunet's overlays
-const state = { models: [], files: [], sample: null, viewing: null, labels: {}, hidden: new Set(), nv: null };
+const state = { models: [], files: [], sample: null, viewing: null, labels: {}, colors: {}, hidden: new Set(),
+  nv: null };
+// label value -> [r, g, b]: the colours of the report and the DICOM-SEG (sent by the worker), grey otherwise
+const colorOf = (v) => state.colors[v] || [128, 128, 128];
 
 function showError(message) {
   const box = $("error");
@@ -188,7 +189,7 @@ function labelLut() {
   const max = Math.max(0, ...values);
   const lut = { R: [], G: [], B: [], A: [], I: [], labels: [] };
   for (let v = 0; v <= max; v++) {
-    const c = PALETTE[(v - 1 + PALETTE.length) % PALETTE.length];
+    const c = colorOf(v);
     const visible = v > 0 && state.labels[v] !== undefined && !state.hidden.has(v);
     lut.R.push(c[0]); lut.G.push(c[1]); lut.B.push(c[2]); lut.A.push(visible ? 255 : 0); lut.I.push(v);
     lut.labels.push(v === 0 ? "background" : state.labels[v] || `label ${v}`);
@@ -217,7 +218,7 @@ function labelList() {
   const box = $("labels");
   box.innerHTML = "";
   for (const [v, name] of Object.entries(state.labels)) {
-    const c = PALETTE[(Number(v) - 1) % PALETTE.length];
+    const c = colorOf(v);
     const label = document.createElement("label");
     label.className = "label-toggle";
     label.innerHTML = `<input type="checkbox" data-label="${v}" checked> <span class="swatch" style="background:rgb(${c})"></span> `;
@@ -247,6 +248,7 @@ function hoverName(event) {
 async function openJob(job) {
   state.viewing = job.id;
   state.labels = job.result.labels || {};
+  state.colors = job.result.colors || {};
   state.hidden = new Set();
   $("step-viewer").hidden = false;
   $("step-stats").hidden = false;
