@@ -167,6 +167,12 @@ def test_upload_segment_view_statistics_download(server, browser, tmp_path):
     time.sleep(0.5)
     assert np.abs(_canvas_pixels(browser) - pixels).mean() > 0.5, "hiding a label did not change the view"
     browser.find_element(By.CSS_SELECTOR, "input[data-label='1']").click()
+    time.sleep(0.5)
+    shown = _canvas_pixels(browser)
+    browser.execute_script("const s = document.getElementById('opacity'); s.value = '1';"
+                           "s.dispatchEvent(new Event('input'));")
+    time.sleep(0.5)
+    assert np.abs(_canvas_pixels(browser) - shown).mean() > 0.5, "the overlay opacity did not change the view"
 
     if os.environ.get("PNNUNET_APP_SCREENSHOT"):
         time.sleep(0.5)
