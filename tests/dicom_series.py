@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 PYDICOM_SERIES = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
 
@@ -24,7 +24,7 @@ def _ds(value: float) -> str:
 
 def write_ct_series(img: sitk.Image, folder: Path, slope: float = 1.0, intercept: float = -1024.0,
                     order: list[int] | None = None, description: str = "Synthetic CT", series_number: int = 3,
-                    positions: list[tuple[float, float, float]] | None = None) -> list[Path]:
+                    positions: list[tuple[float, float, float]] | None = None, modality: str = "CT") -> list[Path]:
     """Write ``img`` (3D) as one CT series into ``folder``; returns the files in slice order.
 
     order : the order in which slices get file names/instance numbers (default: reversed, so the
@@ -40,21 +40,22 @@ def write_ct_series(img: sitk.Image, folder: Path, slope: float = 1.0, intercept
     origin = np.array(img.GetOrigin())
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     n = arr.shape[0]
+    sop_class = MRImageStorage if modality == "MR" else CTImageStorage
     order = list(range(n))[::-1] if order is None else order
     files = []
     for k in range(n):
         sop = generate_uid()
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = sop
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Patient", "PNN0001", "19700101", "O"
         ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime, ds.StudyID = study, "20260101", "120000", "1"
         ds.ReferringPhysicianName, ds.AccessionNumber = "", "A1"
-        ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality, ds.SeriesDescription = series, series_number, "CT", description
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality, ds.SeriesDescription = series, series_number, modality, description
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame, ""
         ds.Manufacturer = "pnnunet tests"
         ds.InstanceNumber = order.index(k) + 1
@@ -67,7 +68,9 @@ def write_ct_series(img: sitk.Image, folder: Path, slope: float = 1.0, intercept
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows, ds.Columns = arr.shape[1], arr.shape[2]
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(slope), _ds(intercept), "HU"
+        ds.RescaleSlope, ds.RescaleIntercept = _ds(slope), _ds(intercept)
+        if modality == "CT":
+            ds.RescaleType = "HU"
         ds.PixelData = stored[k].astype("<u2").tobytes()
         path = folder / f"IM{order.index(k):04d}"
         ds.save_as(path, enforce_file_format=True)

@@ -34,7 +34,8 @@ def workspace(tmp_path_factory) -> Path:
     img = sitk.ReadImage(str(BUNDLED_SAMPLE / "imagesTs" / f"{CASE}.nii.gz"))
     rounded = sitk.GetImageFromArray(np.round(sitk.GetArrayFromImage(img)).astype(np.float32))
     rounded.CopyInformation(img)
-    files = write_ct_series(rounded, root / "dicom", slope=1.0, intercept=0.0, description="hippo test")
+    files = write_ct_series(rounded, root / "dicom", slope=1.0, intercept=0.0, description="hippo test",
+                            modality="MR")
     with zipfile.ZipFile(root / "series.zip", "w") as z:
         for f in files:
             z.write(f, f"export/{f.name}")
@@ -58,19 +59,21 @@ def test_predict_dicom_zip_with_stats_report_and_dicom_seg(workspace):
     assert done.returncode == 0, done.stderr[-3000:]
     (seg_file,) = out_dir.glob("*.nii.gz")
     case = seg_file.name[: -len(".nii.gz")]
-    assert case == "CT_S3_hippo-test"
+    assert case == "MR_S3_hippo-test"
     src = sitk.ReadImage(str(BUNDLED_SAMPLE / "imagesTs" / f"{CASE}.nii.gz"))
     seg = sitk.ReadImage(str(seg_file))
     assert seg.GetSize() == src.GetSize()
     assert np.allclose(seg.GetOrigin(), src.GetOrigin()) and np.allclose(seg.GetDirection(), src.GetDirection())
     stats = json.loads((out_dir / f"{case}_statistics.json").read_text())
     assert list(stats["labels"]) == ["Anterior", "Posterior"]
+    assert stats["image"] == str(workspace / "series.zip") and stats["series_instance_uid"]
     n1 = int((sitk.GetArrayFromImage(seg) == 1).sum())
     assert stats["labels"]["Anterior"]["voxels"] == n1
     rows = list(csv.DictReader((out_dir / "statistics.csv").read_text().splitlines()))
     assert [r["name"] for r in rows] == ["Anterior", "Posterior"]
     html = (out_dir / f"{case}_report.html").read_text()
     assert "Anterior" in html and "3d_fullres" in html and "PNN0001" in html   # model and DICOM patient id
+    assert "Intensities in image units" in html                                  # MR: no HU
     assert (out_dir / f"{case}_report.png").stat().st_size > 1000
     ds = pydicom.dcmread(out_dir / f"{case}_seg.dcm")
     assert ds.Modality == "SEG" and [s.SegmentLabel for s in ds.SegmentSequence] == ["Anterior", "Posterior"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pnnunet.cli.common import run_cli
 from pnnunet.dataset.dicom import convert_dicom, describe_series, dicom_folder, scan_dicom_folder, select_series
+from pnnunet.errors import DatasetError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,9 +30,13 @@ def _run(args: argparse.Namespace) -> int:
         with dicom_folder(args.i) as folder:
             series, _ = scan_dicom_folder(folder)
             try:
-                select_series(series, None, args.i)
-            finally:
-                print(describe_series(series))
+                usable = len(select_series(series, None, args.i))
+            except DatasetError:  # nothing convertible: the listing says why for each series
+                if not series:
+                    raise
+                usable = 0
+            print(describe_series(series))
+            print(f"{len(series)} series, {usable} convertible")
         return 0
     if args.o is None:
         p = _parser()

@@ -96,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.dicom_seg and not looks_like_dicom_input(args.input):
         raise PnnunetError(f"{args.input}: --dicom_seg needs a DICOM input (a folder or zip of DICOM files)\n"
                            "  fix: pass the DICOM series to -i, or leave --dicom_seg out")
+    if args.dicom_seg:  # before Paddle: Paddle 2.6's bundled zlib crashes libraries loaded after it (pnnunet/__init__)
+        require_highdicom()
     import_paddle()  # the install hint, before anything that needs Paddle is imported
     from pnnunet.inference import pipeline  # deferred: imports Paddle at load time
 
@@ -120,8 +122,6 @@ def _run(args: argparse.Namespace) -> int:
     if clinical or looks_like_dicom_input(args.input):
         dataset_json = read_json_file(choice.model_dirs[0] / "dataset.json",
                                       "train the model first or check -d, -c, -tr, -p and -m")
-    if args.dicom_seg:
-        require_highdicom()
     ending = dataset_json["file_ending"] if dataset_json else ".nii.gz"
     with prediction_input(args.input, args.output, ending) as (input_folder, dicom_cases):
         pipeline.predict_folder(input_folder, args.output, choice, settings)

@@ -72,6 +72,8 @@ def write_clinical_outputs(input_folder: Path | str, output_folder: Path | str, 
             shutil.copyfile(by_case[case].sidecar, sidecar)
             info = load_json(sidecar)
         st = case_statistics(images[0], seg, labels)
+        if info is not None:  # the converted image is scratch: name the DICOM source instead
+            st["image"], st["series_instance_uid"] = info["source"], info["series_instance_uid"]
         if stats:
             out.statistics = write_statistics(st, output / f"{case}_statistics.json")
             rows += statistics_rows(st)

@@ -24,7 +24,9 @@ def test_convert_and_list(tmp_path, capsys):
                                                            "CT_S5_SmartScore-Gated-0-5-sec_0000.nii.gz"]
     assert main(["-i", str(PATIENT), "--list"]) == 0
     listing = capsys.readouterr().out
-    assert "SmartScore" in listing and "[skipped: a localizer" in listing
+    assert "SmartScore" in listing and "[skipped: a localizer" in listing and "2 series, 1 convertible" in listing
+    assert main(["-i", str(PYDICOM_SERIES / "98892003" / "MR2"), "--list"]) == 0   # none convertible: still listed
+    assert "3 series, 0 convertible" in capsys.readouterr().out
 
 
 def test_bad_input_exit_1(tmp_path, capsys):

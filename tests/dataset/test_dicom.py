@@ -121,6 +121,22 @@ def test_zip_input_and_zip_slip(tmp_path):
     assert not (tmp_path / "escaped.dcm").exists() and not (dest / "ok").exists()
 
 
+def test_every_image_series_becomes_a_case(tmp_path):
+    a = write_ct_series(volume(shape_zyx=(3, 4, 5), seed=1), tmp_path / "mixed" / "a", description="Abdomen")
+    b = write_ct_series(volume(shape_zyx=(4, 4, 5), seed=2), tmp_path / "mixed" / "b", description="Abdomen")
+    write_ct_series(volume(shape_zyx=(2, 4, 5), seed=3), tmp_path / "mixed" / "c", series_number=7,
+                    description="Arterial phase")
+    cases = convert_dicom(tmp_path / "mixed", tmp_path / "out")
+    assert len(cases) == 3 and len({c.case for c in cases}) == 3          # same number + description: UID tail
+    by_uid = {c.series.uid: c for c in cases}
+    for files, slices in ((a, 3), (b, 4)):
+        case = by_uid[pydicom.dcmread(files[0]).SeriesInstanceUID]
+        assert case.case.startswith("CT_S3_Abdomen") and sitk.ReadImage(str(case.image_file)).GetSize()[2] == slices
+    assert any(c.case == "CT_S7_Arterial-phase" for c in cases)
+    only = convert_dicom(tmp_path / "mixed", tmp_path / "one", series_uid=pydicom.dcmread(b[0]).SeriesInstanceUID)
+    assert [sitk.ReadImage(str(c.image_file)).GetSize()[2] for c in only] == [4]
+
+
 def test_single_file_input(tmp_path):
     files = write_ct_series(volume(shape_zyx=(1, 5, 6), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / "one")
     (case,) = convert_dicom(files[0], tmp_path / "out")
