@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("inference",),         # sliding window, export, predictor, ensembles, the prediction pipeline
     ("training",),          # its final validation calls inference
     ("evaluation",),        # model selection (find_best_config), reports
-    ("cli",),
+    ("cli", "app"),         # the front ends: commands and the web platform (app may use cli's plumbing)
 ]
 
 # Function-local imports that are allowed (module, imported module) -> why.
@@ -43,6 +43,10 @@ LOCAL_IMPORTS_ALLOWED = {
                                                   "pipeline imports Paddle at load time",
     ("pnnunet.cli.selfcheck", "pnnunet.evaluation.selfcheck"): "deferred until import_paddle() has checked the "
                                                                "install: the self-check trains with Paddle",
+    ("pnnunet.app.worker", "pnnunet.inference"): "deferred until import_paddle() has checked the install: the "
+                                                 "pipeline imports Paddle at load time",
+    ("pnnunet.app.main", "pnnunet.app.server"): "deferred so that a missing fastapi/uvicorn (the app extra) becomes "
+                                                "the install hint",
 }
 
 

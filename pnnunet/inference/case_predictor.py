@@ -61,10 +61,11 @@ class CasePredictor:
         return getattr(self._predict, "backend", self._backend) if self._predict is not None else self._backend
 
     def __call__(self, data: np.ndarray, mirror_axes: Sequence[int] | None, step_size: float = 0.5,
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool = False, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
         if self.on_device:
             return predict_case_on_device(self._network, data, self.patch_size, self.num_outputs, step_size,
                                           mirror_axes, self.tile_batch_size, self._autocast,
-                                          self.accumulation_dtype, progress)
+                                          self.accumulation_dtype, progress, on_tile)
         return predict_sliding_window(self._predict, data, self.patch_size, self.num_outputs, step_size,
-                                      mirror_axes, True, self.tile_batch_size, progress, self.accumulation_dtype)
+                                      mirror_axes, True, self.tile_batch_size, progress, self.accumulation_dtype,
+                                      on_tile)

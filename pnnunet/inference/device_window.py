@@ -14,7 +14,7 @@ against the numpy implementation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -52,7 +52,8 @@ def _mirrored_mean(paddle, network, x, combos, autocast: dict, max_batch: int):
 def predict_sliding_window_on_device(network, data: np.ndarray, patch_size: Sequence[int], num_outputs: int,
                                      step_size: float = 0.5, mirror_axes: Sequence[int] | None = None,
                                      tile_batch_size: int = 1, autocast: dict | None = None,
-                                     dtype=np.float16, progress: bool = False) -> np.ndarray:
+                                     dtype=np.float16, progress: bool = False,
+                                     on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Logits (K, *S) of one case (numpy ``dtype``), computed and accumulated on Paddle's current device.
 
     ``network`` maps a float32 tensor (N, C, *P) to logits (N, K, *P) (eval mode, deep supervision
@@ -86,6 +87,8 @@ def predict_sliding_window_on_device(network, data: np.ndarray, patch_size: Sequ
                 logits[index] = (logits[index].astype("float32") + y_t * gaussian).astype(acc)
                 weights[t] = (weights[t].astype("float32") + gaussian).astype(acc)
             bar.update(len(group))
+            if on_tile is not None:
+                on_tile(start + len(group), len(tiles))
     out = (logits.astype("float32") / weights.astype("float32")).astype(acc)
     if not bool(paddle.isfinite(out).all()):
         raise PnnunetError(f"the prediction contains inf or NaN values: the network produced non-finite logits or "
@@ -96,7 +99,7 @@ def predict_sliding_window_on_device(network, data: np.ndarray, patch_size: Sequ
 def predict_case_on_device(network, data: np.ndarray, patch_size: Sequence[int], num_outputs: int,
                            step_size: float = 0.5, mirror_axes: Sequence[int] | None = None,
                            tile_batch_size: int = 1, autocast: dict | None = None, dtype=np.float16,
-                           progress: bool = False) -> np.ndarray:
+                           progress: bool = False, on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
     """:func:`predict_sliding_window_on_device`, falling back to host accumulators (the network stays on
     the device) when the device runs out of memory for the case; a tile batch that does not fit even
     then is a clear error naming ``--tile_batch_size``."""
@@ -105,7 +108,7 @@ def predict_case_on_device(network, data: np.ndarray, patch_size: Sequence[int],
         autocast = autocast_kwargs(paddle.device.get_device())
     try:
         return predict_sliding_window_on_device(network, data, patch_size, num_outputs, step_size, mirror_axes,
-                                                tile_batch_size, autocast, dtype, progress)
+                                                tile_batch_size, autocast, dtype, progress, on_tile)
     except PADDLE_RUNTIME_ERRORS as e:
         if not is_out_of_memory(e):
             raise
@@ -118,7 +121,7 @@ def predict_case_on_device(network, data: np.ndarray, patch_size: Sequence[int],
 
     try:
         return predict_sliding_window(predict, data, patch_size, num_outputs, step_size, mirror_axes, True,
-                                      tile_batch_size, progress, dtype)
+                                      tile_batch_size, progress, dtype, on_tile)
     except PADDLE_RUNTIME_ERRORS as e:
         raise_if_out_of_memory(e, f"predicting a batch of {tile_batch_size} tile(s) of {tuple(patch_size)} on the "
                                   "device", "pnnunet_predict --tile_batch_size 1, fewer -npp/-nps processes, or a "

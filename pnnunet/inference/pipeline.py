@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class PredictionSettings:
     previous_stage_predictions: Path | None = None  # cascade: the previous stage's predictions of the same cases
     progress: bool = True
     part: tuple[int, int] = (0, 1)  # (part_id, num_parts): predict sorted cases [part_id::num_parts]
+    on_progress: Callable[[dict], None] | None = None  # a front end's progress (Predictor's ``on_progress``)
 
     def __post_init__(self):
         if self.num_preprocessing_workers < 0 or self.num_export_workers < 0:
@@ -130,7 +131,7 @@ def _predictor(model_dir: Path, folds, settings: PredictionSettings) -> Predicto
     model = load_model_folder(model_dir, folds, settings.checkpoint)
     return Predictor(model, device=settings.device, use_tta=settings.use_tta, step_size=settings.step_size,
                      tile_batch_size=settings.tile_batch_size, use_static_graph=settings.use_static_graph,
-                     progress=settings.progress, precision=settings.precision)
+                     progress=settings.progress, precision=settings.precision, on_progress=settings.on_progress)
 
 
 def _predict_model(predictor: Predictor, folds, settings: PredictionSettings, input_folder: Path, output: Path,

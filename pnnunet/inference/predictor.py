@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
@@ -239,6 +239,9 @@ class Predictor:
     accumulation_dtype : ``float16`` (default, upstream's sliding-window accumulators: half the memory)
         or ``float32`` (exact sums; voxels covered only by the faint edge of the Gaussian keep their
         precision)
+    on_progress : called with one dict per step of :meth:`predict_folder`, for a front end's progress:
+        ``stage`` (``preparing``, ``preprocessing``, ``predicting``, ``exporting``, ``done``), ``case``,
+        ``cases_done``, ``cases``, and while predicting ``fold``/``folds`` (1-based) and ``tile``/``tiles``
 
     Raises
     ------
@@ -249,7 +252,7 @@ class Predictor:
                  checkpoint: str = DEFAULT_CHECKPOINT, device: str = "auto", use_tta: bool = True,
                  step_size: float = 0.5, tile_batch_size: int | None = None, use_static_graph: bool = True,
                  num_threads: int | None = None, progress: bool = True, precision: str = "auto",
-                 accumulation_dtype: str = "float16"):
+                 accumulation_dtype: str = "float16", on_progress: Callable[[dict], None] | None = None):
 
         self.model = model if isinstance(model, ModelFolder) else load_model_folder(model, folds, checkpoint)
         plan = self.model.plan
@@ -261,6 +264,7 @@ class Predictor:
         self.use_static_graph = bool(use_static_graph)
         self.num_threads = num_threads or os.cpu_count() or 1
         self.progress = progress
+        self.on_progress = on_progress
         self.device = pick_device(device)
         if self.device == "cpu":
             set_cpu_threads(self.num_threads)
@@ -312,7 +316,12 @@ class Predictor:
         names = {f.backend for f in self._predict_fns}
         return names.pop() if len(names) == 1 else "mixed"
 
-    def predict_logits(self, data: np.ndarray) -> np.ndarray:
+    def _report(self, stage: str, **event) -> None:
+        if self.on_progress is not None:
+            self.on_progress({"stage": stage, **event})
+
+    def predict_logits(self, data: np.ndarray, on_tile: Callable[[int, int, int, int], None] | None = None
+                       ) -> np.ndarray:
         """Mean over folds of the sliding-window logits of one preprocessed case (§7.3–7.5, A.3).
 
         Parameters
@@ -322,11 +331,14 @@ class Predictor:
         Returns
         -------
         (K, x, y, z) of ``accumulation_dtype`` (float16: summed over folds in float16, as upstream)
+        on_tile : called as ``on_tile(fold, folds, tile, tiles)`` (fold 1-based) after each group of tiles
         """
         self.prepare()
         total = None
-        for fold, predict in zip(self.model.folds, self._predict_fns):
-            logits = predict(data, fold.mirror_axes if self.use_tta else None, self.step_size)
+        n = len(self._predict_fns)
+        for k, (fold, predict) in enumerate(zip(self.model.folds, self._predict_fns), start=1):
+            tile_hook = None if on_tile is None else (lambda done, tiles, k=k: on_tile(k, n, done, tiles))
+            logits = predict(data, fold.mirror_axes if self.use_tta else None, self.step_size, on_tile=tile_hook)
             if total is None:
                 total = logits
             else:
@@ -455,10 +467,19 @@ class Predictor:
         try:
             with closing(_Prefetcher(todo, (*export_args, rw), npp, previous)) as prefetcher, \
                     tqdm(total=len(todo), desc="predicting", unit="case", disable=not self.progress) as bar:
+                n = len(todo)
                 if npp > 0:
+                    self._report("preparing", cases_done=0, cases=n)
                     self.prepare()  # export / load the networks while the first cases are preprocessed
-                for case, data, properties in prefetcher:
-                    logits = self.predict_logits(data)
+                self._report("preprocessing", cases_done=0, cases=n)
+                for i, (case, data, properties) in enumerate(prefetcher):
+                    def on_tile(fold, folds, tile, tiles, case=case, i=i):
+                        self._report("predicting", case=case, cases_done=i, cases=n, fold=fold, folds=folds,
+                                     tile=tile, tiles=tiles)
+
+                    on_tile(1, len(self.model.folds), 0, 0)
+                    logits = self.predict_logits(data, on_tile if self.on_progress is not None else None)
+                    self._report("exporting", case=case, cases_done=i, cases=n)
                     del data
                     job = (logits, properties, *export_args, output_folder / case, rw, save_probabilities)
                     if pool is None or logits.nbytes > MAX_HANDOFF_BYTES:
@@ -473,9 +494,12 @@ class Predictor:
                             exporting.popleft()
                     del logits, job
                     bar.update()
+                    if i + 1 < n:
+                        self._report("preprocessing", cases_done=i + 1, cases=n)
                 while exporting:
                     _result(exporting[0][1], exporting[0][0])
                     exporting.popleft()
+                self._report("done", cases_done=n, cases=n)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)

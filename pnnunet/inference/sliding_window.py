@@ -232,7 +232,8 @@ def accumulation_dtype(dtype) -> np.dtype:
 def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: Sequence[int], num_outputs: int,
                            step_size: float = 0.5, mirror_axes: Sequence[int] | None = None,
                            use_gaussian: bool = True, tile_batch_size: int = 1, progress: bool = False,
-                           dtype: np.dtype | type = np.float16) -> np.ndarray:
+                           dtype: np.dtype | type = np.float16,
+                           on_tile: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Logits of one preprocessed case by Gaussian-weighted sliding windows (reference §7.3–7.4, A.3).
 
     The case is padded (centred, 0) to at least the patch, tiled (:func:`iter_tiles`), every tile
@@ -257,6 +258,7 @@ def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: 
     dtype : of the logits and weight accumulators and of the result: float16 as upstream (§7.3; half
         the memory of float32: 2.2 GiB instead of 4.4 GiB for 15 labels on a 512x512x300 CT), or
         float32 (exact sums, used by tests)
+    on_tile : called as ``on_tile(done, total)`` after every group of tiles (a front end's progress)
 
     Returns
     -------
@@ -294,6 +296,8 @@ def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: 
                 logits[(slice(None), *t)] += y_t
                 weights[t] += gaussian
             bar.update(len(group))
+            if on_tile is not None:
+                on_tile(start + len(group), len(tiles))
 
     logits /= weights
     if not all(np.all(np.isfinite(channel)) for channel in logits):  # per channel: no (K, *S) bool copy

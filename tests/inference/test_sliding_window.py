@@ -331,3 +331,19 @@ def test_step_size_outside_0_1_names_the_flag():
     for bad in (0, -0.5, 1.5):
         with pytest.raises(PnnunetError, match=r"--val_step_size .*\(0, 1\].*\n.*fix: use e.g. --val_step_size 0.5"):
             check_step_size(bad, "--val_step_size")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_on_tile_reports_every_tile_group_in_order(batch):
+    """The front end's progress hook (pnnunet_app shows "tile i/N"): called after each group of tiles."""
+    data = np.random.default_rng(RNG_SEED).normal(size=(1, 13, 17, 11)).astype(np.float32)
+    calls = []
+    net = LinearNet(1, 3, (6, 8, 6))
+    with_hook = predict_sliding_window(net, data, (6, 8, 6), 3, tile_batch_size=batch,
+                                       on_tile=lambda done, total: calls.append((done, total)))
+    n = count_tiles(data.shape[1:], (6, 8, 6), 0.5)
+    assert calls[-1] == (n, n) and all(total == n for _, total in calls)
+    assert [d for d, _ in calls] == sorted({d for d, _ in calls})  # strictly increasing
+    assert len(calls) == -(-n // batch)
+    assert np.array_equal(with_hook, predict_sliding_window(LinearNet(1, 3, (6, 8, 6)), data, (6, 8, 6), 3,
+                                                            tile_batch_size=batch))
