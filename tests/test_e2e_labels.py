@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from benchmarks.sparse_annotation import sparsify
 from pnnunet.cli.evaluate import main as evaluate
 from pnnunet.cli.find_best_config import main as find_best_config
 from pnnunet.cli.plan_and_preprocess import main as plan_and_preprocess
@@ -47,13 +48,6 @@ def _main(ws: Path, main, *args: str) -> int:
         for key, value in _roots(ws).items():
             mp.setenv(key, value)
         return main(list(args))
-
-
-def sparsify(seg: np.ndarray, ignore: int, keep_every: int = 3) -> np.ndarray:
-    """Every ``keep_every``-th slice (array axis 0) annotated, the others set to the ignore label."""
-    out = np.full_like(seg, ignore)
-    out[::keep_every] = seg[::keep_every]
-    return out
 
 
 def _make_raw(ws: Path, kind: str) -> str:
