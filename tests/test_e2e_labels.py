@@ -90,11 +90,14 @@ def run(request, tmp_path_factory) -> tuple[str, Path, str]:
     t0 = time.perf_counter()
     name = _make_raw(ws, kind)
     did = name[7:10]
-    assert _main(ws, plan_and_preprocess, "-d", did, "-pl", "tiny", "-c", "3d_fullres", "-np", "1", "--no_pbar") == 0
-    assert _main(ws, train, "3d_fullres", "0", "-d", did, "-p", PLANS, "--epochs", "1", "--iterations_per_epoch",
-                 "2", "--val_iterations_per_epoch", "1", "--num_workers", "0", "-device", "cpu", "--no_pbar",
-                 "--npz") == 0
-    assert _main(ws, find_best_config, "-d", did, "-c", "3d_fullres", "-p", PLANS, "-f", "0", "-np", "1") == 0
+    # regions: a second configuration, so that find_best_config also ensembles region probabilities
+    configs = ["3d_fullres", "2d"] if kind == "regions" else ["3d_fullres"]
+    assert _main(ws, plan_and_preprocess, "-d", did, "-pl", "tiny", "-c", *configs, "-np", "1", "--no_pbar") == 0
+    for config in configs:
+        assert _main(ws, train, config, "0", "-d", did, "-p", PLANS, "--epochs", "1", "--iterations_per_epoch",
+                     "2", "--val_iterations_per_epoch", "1", "--num_workers", "0", "-device", "cpu", "--no_pbar",
+                     "--npz") == 0
+    assert _main(ws, find_best_config, "-d", did, "-c", *configs, "-p", PLANS, "-f", "0", "-np", "1") == 0
     assert _main(ws, predict, "-i", str(ws / "raw" / name / "imagesTs"), "-o", str(ws / "pred"), "-d", did,
                  "-c", "3d_fullres", "-p", PLANS, "-f", "0", "--save_probabilities", "--disable_tta", "-npp", "0", "-nps", "0",
                  "-device", "cpu", "--no_pbar") == 0
@@ -119,7 +122,14 @@ def test_chain_outputs_label_maps_with_the_right_values(run):
     probs = np.load(validation / f"{Path(val_cases[0]).name[:-7]}.npz")["probabilities"]
     assert probs.shape[0] == {"regions": 2, "ignore": 3}[kind]
     info = json.loads((ws / "res" / name / "inference_instructions.json").read_text())
-    assert info["best_model_or_ensemble"]["selected_model_or_models"][0]["configuration"] == "3d_fullres"
+    assert info["best_model_or_ensemble"]["selected_model_or_models"][0]["configuration"] in ("3d_fullres", "2d")
+    if kind == "regions":  # the pair ensemble of the region models: averaged sigmoids, painted, evaluated on regions
+        ensemble = ws / "res" / name / "ensembles" / f"ensemble___pnnunetTrainer__{PLANS}__3d_fullres___" \
+                                                   f"pnnunetTrainer__{PLANS}__2d___0"
+        ens_summary = json.loads((ensemble / "summary.json").read_text())
+        assert set(ens_summary["mean"]) == keys
+        for f in val_cases:
+            assert set(np.unique(_seg(ensemble / f))) <= {0, 1, 2}
     for case in TEST_CASES:
         seg = _seg(ws / "pred" / f"{case}.nii.gz")
         ref = _seg(ws / "raw" / name / "labelsTs" / f"{case}.nii.gz")
