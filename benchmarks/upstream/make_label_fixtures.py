@@ -77,6 +77,19 @@ def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor, ignore: bool)
     return [[int(a), int(b), int(c)] for a, b, c in zip(tp, fp, fn)]
 
 
+def label_pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor, ignore_label) -> list:
+    """nnUNetTrainer.validation_step, label branch (argmax, one-hot, ignore voxels masked, background dropped)."""
+    seg = logits.argmax(1)[:, None]
+    onehot = torch.zeros(logits.shape, dtype=torch.float32).scatter_(1, seg, 1)
+    target = target.clone()
+    mask = None
+    if ignore_label is not None:
+        mask = (target != ignore_label).float()
+        target[target == ignore_label] = 0
+    tp, fp, fn, _ = get_tp_fp_fn_tn(onehot, target, axes=[0, 2, 3, 4], mask=mask)
+    return [[int(a), int(b), int(c)] for a, b, c in list(zip(tp, fp, fn))[1:]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -116,7 +129,9 @@ def main() -> None:
 
         exp["pseudo_dice_counts"] = {
             "regions": pseudo_dice_counts(t["region_logits"], targets["plain"], False),
-            "regions_ignore": pseudo_dice_counts(t["region_logits"], targets["ignore"], True)}
+            "regions_ignore": pseudo_dice_counts(t["region_logits"], targets["ignore"], True),
+            "labels_ignore": label_pseudo_dice_counts(t["label_logits"], t["seg_ignore"], IGNORE),
+            "labels": label_pseudo_dice_counts(t["label_logits"], t["seg"], None)}
 
         lm = LabelManager(REGION_LABELS, REGIONS_CLASS_ORDER)
         seg_from_logits = lm.convert_logits_to_segmentation(t["region_logits"][0])

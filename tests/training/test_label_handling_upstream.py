@@ -118,3 +118,10 @@ def test_regions_to_segmentation_equals_label_manager():
                                   ref["from_logits_case0"])
     np.testing.assert_array_equal(probabilities_to_segmentation(sigmoid(X["region_logits"][1]), info),
                                   ref["from_probabilities_case1"])
+
+
+@pytest.mark.parametrize("name,seg,ignore", [("labels", "seg", None), ("labels_ignore", "seg_ignore", IGNORE)])
+def test_label_pseudo_dice_counts_with_ignore_equal_upstream(name, seg, ignore):
+    labels = {"background": 0, "a": 1, "b": 2, "c": 3, **({"ignore": IGNORE} if ignore is not None else {})}
+    info = LabelInfo.from_dataset_json({"labels": labels})
+    assert pseudo_dice_counts(X["label_logits"], X[seg], info).tolist() == EXP["pseudo_dice_counts"][name]
