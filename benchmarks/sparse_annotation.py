@@ -80,6 +80,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=10, help="training iterations per epoch")
     ap.add_argument("--keep_every", type=int, default=5, help="annotate every N-th slice in the sparse dataset")
+    ap.add_argument("--runs", nargs="+", choices=["full", "sparse"], default=["full", "sparse"],
+                    help="which runs (two processes with one run each, in different --work folders, may run "
+                         "side by side)")
     args = ap.parse_args()
     ws = args.work
     ws.mkdir(parents=True)
@@ -91,9 +94,12 @@ def main() -> int:
     from pnnunet.metrics import compute_metrics_on_folder
 
     runs = {"full": ("Dataset921_HippoFull", None), "sparse": ("Dataset922_HippoSparse", args.keep_every)}
+    make_dataset(ws / "raw", runs["full"][0], None)  # the full labels are the reference of both runs
     results = {}
-    for kind, (name, every) in runs.items():
-        make_dataset(ws / "raw", name, every)
+    for kind in args.runs:
+        name, every = runs[kind]
+        if every is not None:
+            make_dataset(ws / "raw", name, every)
         did = name[7:10]
         t0 = time.perf_counter()
         assert plan_and_preprocess(["-d", did, "-pl", "tiny", "-c", "3d_fullres", "-np", "1", "--no_pbar"]) == 0
