@@ -189,8 +189,10 @@ class Trainer:
         # without deep supervision: one output, one target, weight 1 (upstream's NoDeepSupervision)
         weights = ds_weights(self.plan.arch_kwargs["n_stages"], ddp=ddp) if self.cfg.deep_supervision else [1.0]
         self.loss = DeepSupervisionLoss(self._make_loss(ddp), weights)
-        # every parameter gets a gradient every step (lowest DS weight 1e-6 under DDP): no graph traversal
-        self.model = paddle.DataParallel(self.network, find_unused_parameters=False) if ddp else self.network
+        # every parameter gets a gradient every step (lowest DS weight 1e-6 under DDP): no graph traversal;
+        # without deep supervision the lower segmentation heads get none, so DataParallel must look for them
+        self.model = (paddle.DataParallel(self.network, find_unused_parameters=not self.cfg.deep_supervision)
+                      if ddp else self.network)
         self.autocast = amp.autocast_kwargs(self.job.device)
         self.scaler = amp.make_grad_scaler(self.job.device)
 
