@@ -145,7 +145,7 @@ def test_probabilistic_oversampling_forces_any_sample_with_the_probability(datas
     centre = tuple(c // 2 for c in crop)
     loader = NNUNetPatchLoader(folder, ids, 3, crop, crop, oversample=0.5, seed=6, probabilistic=True)
     hits_2 = np.zeros(3)  # label 2 (one voxel per case) at the centre ⇔ practically only when forced
-    n = 300
+    n = 200
     for _ in range(n):
         batch = next(loader)
         hits_2 += [int(batch["seg"][j, 0][centre]) == 2 for j in range(3)]
