@@ -99,8 +99,8 @@ def run(request, tmp_path_factory) -> tuple[str, Path, str]:
                      "--npz") == 0
     assert _main(ws, find_best_config, "-d", did, "-c", *configs, "-p", PLANS, "-f", "0", "-np", "1") == 0
     assert _main(ws, predict, "-i", str(ws / "raw" / name / "imagesTs"), "-o", str(ws / "pred"), "-d", did,
-                 "-c", "3d_fullres", "-p", PLANS, "-f", "0", "--save_probabilities", "--disable_tta", "-npp", "0", "-nps", "0",
-                 "-device", "cpu", "--no_pbar") == 0
+                 "-c", "3d_fullres", "-p", PLANS, "-f", "0", "--save_probabilities", "--disable_tta", "-npp", "0",
+                 "-nps", "0", "-device", "cpu", "--no_pbar") == 0
     assert _main(ws, evaluate, "-ref", str(ws / "raw" / name / "labelsTs"), "-pred", str(ws / "pred"), "-d", did,
                  "-np", "1") == 0
     print(f"{kind}: whole chain in {time.perf_counter() - t0:.1f} s")
