@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import DatasetError
 from pnnunet.fileio import write_json_atomic
 from pnnunet.imageio import ImageIO
@@ -46,6 +47,21 @@ def key_to_label_or_region(key: str) -> LabelOrRegion:
     except ValueError:
         parts = key.strip().strip("()").split(",")
         return tuple(int(p) for p in parts if p.strip())
+
+
+def class_names(dataset_json: dict) -> dict[str, str]:
+    """``{summary key: name}`` for the foreground labels/regions of dataset.json (``"1"`` → ``"Anterior"``)."""
+    has_regions = LabelInfo.from_dataset_json(dataset_json).has_regions
+    out = {}
+    for name, value in dataset_json["labels"].items():
+        if name == "ignore":
+            continue
+        if isinstance(value, (list, tuple)):
+            value = tuple(value) if has_regions else value[0]
+        key = label_or_region_to_key(value)
+        if key not in ("0", "(0,)"):
+            out[key] = name
+    return out
 
 
 def label_or_region_mask(seg: np.ndarray, label_or_region: LabelOrRegion | Sequence[int]) -> np.ndarray:

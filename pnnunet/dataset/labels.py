@@ -97,6 +97,7 @@ class LabelInfo:
                 raise DatasetError(source, f"region-based labels need 'regions_class_order' with one integer per "
                                            f"region ({len(regions)} regions), found {rco!r}",
                                    "add regions_class_order, e.g. [1, 2, 3], the label painted for each region")
+            _check_regions(labels, rco, all_labels, source)
             heads = len(regions)
         else:
             regions = [x for x in all_labels if x != 0]
@@ -106,6 +107,30 @@ class LabelInfo:
                    ignore_label=ignore, has_regions=has_regions, foreground_regions=regions,
                    regions_class_order=list(rco) if (has_regions and rco is not None) else None,
                    num_segmentation_heads=heads, names=names, num_labels_for_planning=len(labels))
+
+
+def _check_regions(labels: dict, rco: list, all_labels: list[int], source: Path | str) -> None:
+    """Region mode: ``regions_class_order`` paints existing labels, and every label a region names
+    exists, i.e. is a label of its own (an integer entry) or is painted by ``regions_class_order``
+    (a label only ever named inside regions and never painted could not be predicted)."""
+    if not all(_is_int(v) for v in rco):
+        raise DatasetError(source, f"regions_class_order must be integers, found {rco!r}",
+                           "give one integer label per region, e.g. [1, 2, 3]")
+    unknown = [v for v in rco if v not in all_labels or v == 0]
+    if unknown:
+        raise DatasetError(source, f"regions_class_order paints {unknown}, which no label has (labels: "
+                                   f"{[x for x in all_labels if x != 0]})",
+                           "use only foreground label values of 'labels' in regions_class_order")
+    existing = {int(v) for k, v in labels.items() if k != "ignore" and _is_int(v)} | {int(v) for v in rco}
+    for name, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            missing = sorted({int(x) for x in value} - existing - {0})
+            if missing:
+                raise DatasetError(source, f"region '{name}' = {list(value)} names label(s) {missing} that do not "
+                                           f"exist (neither a label of their own nor painted by "
+                                           f"regions_class_order {rco})",
+                                   f"add the label(s) to 'labels' (e.g. \"name\": {missing[0]}) or to "
+                                   "regions_class_order, or remove them from the region")
 
 
 def _is_int(v: Any) -> bool:

@@ -149,15 +149,18 @@ def _converted_from(raw_root: Path, src: Path) -> list[Path]:
     return [p for p in dataset_folders(raw_root) if (_read_marker(p) or {}).get("source") == str(src)]
 
 
-def _prepare(src: Path, raw_root: Path, dataset_id: int | None, dj_name: str | None) -> tuple[Path | None, Path]:
+def _prepare(src: Path, raw_root: Path, dataset_id: int | None, dj_name: str | None,
+             name: str | None = None) -> tuple[Path | None, Path]:
     """Decide the target folder. Returns (existing folder to reuse or None, target path).
 
     Id: ``dataset_id``, else the ``TaskXXX_``/``DatasetXXX_`` prefix, else the id of an earlier
-    conversion of ``src``, else the lowest free id ≥ 500. Name: the rest of a prefixed folder name,
-    else dataset.json ``name``, else the folder name.
+    conversion of ``src``, else the lowest free id ≥ 500. Name: ``name``, else the rest of a prefixed
+    folder name, else dataset.json ``name``, else the folder name.
     """
     m = _PREFIX.fullmatch(src.name)
-    name = _sanitize(m["name"] if m else (dj_name if isinstance(dj_name, str) and dj_name.strip() else src.name))
+    if name is None:
+        name = m["name"] if m else (dj_name if isinstance(dj_name, str) and dj_name.strip() else src.name)
+    name = _sanitize(name)
     if dataset_id is not None:
         want_id = _check_id(dataset_id, src)
     elif m:
@@ -328,7 +331,8 @@ def msd_to_v2_json(msd: dict, num_training: int, source: Path) -> dict:
     return validate_dataset_json(out, source)
 
 
-def convert_msd_dataset(src: Path, raw_root: Path, dataset_id: int | None = None, num_processes: int = 2) -> Path:
+def convert_msd_dataset(src: Path, raw_root: Path, dataset_id: int | None = None, num_processes: int = 2,
+                        name: str | None = None) -> Path:
     """Convert an MSD/v1 dataset folder into ``raw_root/DatasetXXX_Name`` (v2 layout; reference §1.3).
 
     Parameters
@@ -338,6 +342,7 @@ def convert_msd_dataset(src: Path, raw_root: Path, dataset_id: int | None = None
     dataset_id : the id XXX; default: from the ``TaskXXX_``/``DatasetXXX_`` prefix, else the lowest free
         id ≥ 500. ``Name`` is the rest of the folder name.
     num_processes : worker processes for splitting/copying.
+    name : the ``Name`` part of the target folder (default: from the folder name, see ``_prepare``).
 
     Returns
     -------
@@ -366,7 +371,7 @@ def convert_msd_dataset(src: Path, raw_root: Path, dataset_id: int | None = None
     presplit = _is_presplit(src, msd)
     n_train = len({p.name[: -len("_0000.nii.gz")] for p in train_images}) if presplit else len(train_images)
     v2 = msd_to_v2_json(msd, n_train, src / "dataset.json")
-    existing, target = _prepare(src, raw_root, dataset_id, msd.get("name"))
+    existing, target = _prepare(src, raw_root, dataset_id, msd.get("name"), name)
     if existing is not None:
         return existing
 
@@ -389,6 +394,18 @@ def convert_msd_dataset(src: Path, raw_root: Path, dataset_id: int | None = None
     target = _publish(tmp, target, src)
     log.info("converted %s to %s (%d training cases)", src, target, n_train)
     return target
+
+
+def convert_old_nnunet_dataset(src: Path, raw_root: Path, target_name: str, num_processes: int = 2) -> Path:
+    """An nnU-Net v1 ``TaskXXX_Name`` folder (v1 dataset.json) → ``raw_root/<target_name>`` (upstream's
+    ``nnUNetv2_convert_old_nnUNet_dataset``): :func:`convert_msd_dataset` with the id and name taken from
+    ``target_name``, which must follow the ``DatasetXXX_Name`` convention."""
+    m = _DATASET_FOLDER.fullmatch(target_name)
+    if m is None or _sanitize(m["name"]) != m["name"]:
+        raise DatasetError(target_name, "is not a dataset name of the form DatasetXXX_Name (three digits, a name of "
+                                        "letters, digits, '_' or '-')",
+                           "give the new dataset's NAME (not a path), e.g. Dataset004_Hippocampus")
+    return convert_msd_dataset(src, raw_root, dataset_id=int(m["id"]), num_processes=num_processes, name=m["name"])
 
 
 # ---------------------------------------------------------------- v2 import

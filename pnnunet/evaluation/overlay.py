@@ -1,4 +1,7 @@
-"""A PNG of one slice with the predicted labels over the image (``pnnunet_plot_overlay``)."""
+"""A PNG of one slice with the labels over the image (``pnnunet_plot_overlay``, ``pnnunet_plot_overlay_pngs``).
+
+The slice is the one with the most foreground along the first array axis, as upstream's overlay plots
+(no spacing is taken into account)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from skimage import io as skio
 from pnnunet.dataset.label_colors import default_color
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path
+from pnnunet.preprocessing.storage import load_preprocessed_case
 
 
 def pick_slice(seg: np.ndarray) -> int:
@@ -31,16 +35,37 @@ def overlay_rgb(image: np.ndarray, seg: np.ndarray, alpha: float = 0.5) -> np.nd
 
 
 def save_overlay_png(image_files: list[Path], seg_file: Path, output_png: Path, reader_writer,
-                     slice_index: int | None = None, channel: int = 0) -> int:
+                     slice_index: int | None = None, channel: int = 0, alpha: float = 0.5) -> int:
     """Write the overlay of ``seg_file`` on channel ``channel`` of the image; return the slice used."""
     data, _ = reader_writer.read_images([str(f) for f in image_files])
     seg, _ = reader_writer.read_seg(str(seg_file))
     if data.shape[1:] != seg.shape[1:]:
         raise PnnunetError(f"{seg_file}: shape {seg.shape[1:]} differs from the image's {data.shape[1:]}\n"
                            "  fix: overlay a segmentation predicted for this image")
-    seg3 = seg[0].astype(np.int32)
+    return write_overlay_png(_channel(data, channel, image_files[0]), seg[0], output_png, slice_index, alpha)
+
+
+def save_preprocessed_overlay_png(folder: Path, case: str, output_png: Path, channel: int = 0,
+                                  alpha: float = 0.5) -> int:
+    """The overlay of one preprocessed case (its image channel and its seg, -1 outside drawn as background)."""
+    data, seg, _ = load_preprocessed_case(folder, case, mmap=False)
+    return write_overlay_png(_channel(np.asarray(data), channel, Path(folder) / case), np.asarray(seg)[0], output_png,
+                             None, alpha)
+
+
+def _channel(data: np.ndarray, channel: int, source: Path) -> np.ndarray:
+    if not 0 <= channel < data.shape[0]:
+        raise PnnunetError(f"{source}: has {data.shape[0]} channel(s), channel {channel} requested\n"
+                           f"  fix: pass -channel_idx between 0 and {data.shape[0] - 1}")
+    return data[channel]
+
+
+def write_overlay_png(image: np.ndarray, seg: np.ndarray, output_png: Path, slice_index: int | None = None,
+                      alpha: float = 0.5) -> int:
+    """PNG of slice ``slice_index`` (default: most foreground) of a 3D image (X, Y, Z) with its labels over it."""
+    seg3 = seg.astype(np.int32)
     idx = pick_slice(seg3) if slice_index is None else slice_index
-    rgb = overlay_rgb(data[channel][idx], seg3[idx])
+    rgb = overlay_rgb(np.asarray(image[idx], dtype=np.float32), seg3[idx], alpha)
     factor = max(1, 256 // min(rgb.shape[:2]))  # small slices are enlarged (nearest) to be readable
     rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
     with atomic_path(Path(output_png)) as tmp:

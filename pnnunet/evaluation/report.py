@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import DatasetError
-from pnnunet.metrics import METRICS, compute_metrics_on_folder, label_or_region_to_key
+from pnnunet.metrics import METRICS, class_names, compute_metrics_on_folder
 from pnnunet.fileio import atomic_path
 from pnnunet.imageio import ImageIO
 from pnnunet.dataset.folders import folder_dataset_json, resolve_io, segmentation_files
@@ -25,21 +25,6 @@ from pnnunet.dataset.folders import folder_dataset_json, resolve_io, segmentatio
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("case", "class", "name", *METRICS)
-
-
-def class_names(dataset_json: dict) -> dict[str, str]:
-    """``{summary key: name}`` for the foreground labels/regions of dataset.json (``"1"`` → ``"Anterior"``)."""
-    has_regions = LabelInfo.from_dataset_json(dataset_json).has_regions
-    out = {}
-    for name, value in dataset_json["labels"].items():
-        if name == "ignore":
-            continue
-        if isinstance(value, (list, tuple)):
-            value = tuple(value) if has_regions else value[0]
-        key = label_or_region_to_key(value)
-        if key not in ("0", "(0,)"):
-            out[key] = name
-    return out
 
 
 def case_name(prediction_file: str, file_ending: str) -> str:

@@ -35,6 +35,7 @@ from pnnunet.plans import ConfigurationPlan
 from pnnunet.training.cascade_augmentation import cascade_transforms
 from pnnunet.training.dataloading import NNUNetPatchLoader
 from pnnunet.training.deep_supervision import downsample_seg_for_ds, ds_scales
+from pnnunet.training.regions import segmentation_to_regions
 from pnnunet.training.sampling import rotation_and_mirroring
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,20 @@ class MaskOutsideSeg(AbstractTransform):
         outside = data_dict["seg"][:, 0] < 0
         for c in self.channels:
             data_dict["data"][:, c][outside] = self.value
+        return data_dict
+
+
+class ConvertSegmentationToRegions(AbstractTransform):
+    """``target`` (B, 1, *P) labels → (B, R [+1 ignore], *P) binary region maps (region mode, §1.4);
+    after augmentation, before the deep-supervision targets (upstream's order)."""
+
+    def __init__(self, regions: Sequence, ignore_label: int | None = None):
+        self.regions = [tuple(r) if isinstance(r, (list, tuple)) else int(r) for r in regions]
+        self.ignore_label = ignore_label
+
+    def __call__(self, **data_dict):
+        data_dict["target"] = segmentation_to_regions(np.asarray(data_dict["target"]), self.regions,
+                                                      self.ignore_label)
         return data_dict
 
 
@@ -148,7 +163,8 @@ def training_transforms(patch_size: Sequence[int], rotation: Sequence[Sequence[f
                         mirror_axes: Sequence[int] | None, deep_supervision_scales: Sequence[Sequence[float]],
                         use_mask_for_norm: Sequence[bool] | None = None, *, order_data: int = 3,
                         order_seg: int = 1, border_val_seg: int = -1,
-                        cascade_labels: Sequence[int] | None = None) -> Compose:
+                        cascade_labels: Sequence[int] | None = None, regions: Sequence | None = None,
+                        ignore_label: int | None = None) -> Compose:
     """nnU-Net v2 ≤ 2.4's training augmentation (§5.4, paragraph "Differences ≤ v2.4 and [v1]").
 
     Parameters
@@ -163,11 +179,14 @@ def training_transforms(patch_size: Sequence[int], rotation: Sequence[Sequence[f
     cascade_labels : cascade stage only: the foreground labels; seg channel 1 (the previous stage's
         segmentation, augmented spatially with the labels) becomes one-hot input channels with
         random morphology and component removal (§5.4 step 14)
+    regions : region mode: the foreground regions; ``target`` becomes binary region maps (plus an
+        ignore channel, last, when ``ignore_label`` is given)
 
     Input dict: ``data`` float32 (B, C, *P0), ``seg`` int16 (B, 1, *P0) (cascade: (B, 2, *P0)) with -1
     outside the image.
     Output dict: ``data`` float32 (B, C, *P) (cascade: C + len(cascade_labels) channels); ``target``
-    list of int16 (B, 1, *P_s), labels only (no -1 left), plus the loader's ``keys``.
+    list of int16 (B, 1, *P_s), labels only (no -1 left) (region mode: (B, R [+1], *P_s) of 0/1), plus
+    the loader's ``keys``.
     """
     patch_size = tuple(int(p) for p in patch_size)
     spatial_patch = patch_size[1:] if dummy_2d else patch_size
@@ -197,22 +216,29 @@ def training_transforms(patch_size: Sequence[int], rotation: Sequence[Sequence[f
         transforms.append(MirrorTransform(tuple(mirror_axes)))
     if use_mask_for_norm is not None and any(use_mask_for_norm):
         transforms.append(MaskOutsideSeg([i for i, m in enumerate(use_mask_for_norm) if m]))
-    transforms += _label_tail(deep_supervision_scales, cascade_labels, augment=True)
+    transforms += _label_tail(deep_supervision_scales, cascade_labels, augment=True, regions=regions,
+                              ignore_label=ignore_label)
     return Compose(transforms)
 
 
 def validation_transforms(deep_supervision_scales: Sequence[Sequence[float]], *,
-                          cascade_labels: Sequence[int] | None = None) -> Compose:
+                          cascade_labels: Sequence[int] | None = None, regions: Sequence | None = None,
+                          ignore_label: int | None = None) -> Compose:
     """Validation batches: no augmentation, only -1 → 0, (cascade: the one-hot previous stage),
-    ``seg`` → ``target`` and DS targets (§5.4)."""
-    return Compose(_label_tail(deep_supervision_scales, cascade_labels, augment=False))
+    ``seg`` → ``target``, (regions: region maps) and DS targets (§5.4)."""
+    return Compose(_label_tail(deep_supervision_scales, cascade_labels, augment=False, regions=regions,
+                               ignore_label=ignore_label))
 
 
-def _label_tail(scales: Sequence[Sequence[float]], cascade_labels: Sequence[int] | None, augment: bool) -> list:
+def _label_tail(scales: Sequence[Sequence[float]], cascade_labels: Sequence[int] | None, augment: bool,
+                regions: Sequence | None = None, ignore_label: int | None = None) -> list:
     tail: list = [RemoveLabelTransform(-1, 0)]
     if cascade_labels is not None:
         tail += cascade_transforms(cascade_labels, augment)
-    return tail + [RenameTransform("seg", "target", True), TargetsForDeepSupervision(scales)]
+    tail.append(RenameTransform("seg", "target", True))
+    if regions is not None:
+        tail.append(ConvertSegmentationToRegions(regions, ignore_label))
+    return tail + [TargetsForDeepSupervision(scales)]
 
 
 # ---- background iterators ------------------------------------------------------------------------
@@ -289,8 +315,10 @@ def _augmenter(loader, transform, num_processes: int, num_cached_total: int, see
 def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids: Sequence[str],
                          val_ids: Sequence[str], num_workers: int, seed: int, deep_supervision: bool = True, *,
                          oversample_foreground: float = 0.33, mirroring: bool = True, batch_size: int | None = None,
+                         probabilistic_oversampling: bool = False, mirror_axes: Sequence[int] | None = None,
                          previous_stage_folder: Path | str | None = None,
                          foreground_labels: Sequence[int] | None = None,
+                         regions: Sequence | None = None, ignore_label: int | None = None,
                          start: bool = True) -> tuple[BatchIterator, BatchIterator]:
     """Training and validation batch iterators of one configuration (§5.2–5.4).
 
@@ -305,9 +333,13 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     deep_supervision : targets at every DS scale of the plan's strides; otherwise one target
     oversample_foreground : fraction of forced-foreground samples per batch (§5.2)
     mirroring : mirror augmentation on the plan's mirror axes (off for a no-mirroring trainer)
+    probabilistic_oversampling : force each sample with probability ``oversample_foreground``
+    mirror_axes : mirror along these axes instead of the patch's default ones (``_onlyMirror01``)
     batch_size : overrides the plan's batch size
     previous_stage_folder, foreground_labels : required for a cascade stage (``plan.previous_stage``):
         the previous stage's segmentations (``{CASE}.b2nd``) and the labels of their one-hot channels
+    regions, ignore_label : region mode: targets are region maps of these regions (plus the ignore
+        channel if ``ignore_label`` is given); None: label maps
     start : start the worker processes of both iterators now, while this process is small (see
         :meth:`BatchIterator.start`); False: on their first ``next()``
 
@@ -333,12 +365,17 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     seeds = _seeds(seed)
     train_loader = NNUNetPatchLoader(folder, train_ids, bs, aug["initial_patch_size"], patch,
                                      oversample=oversample_foreground, seed=seeds["train_loader"],
-                                     previous_stage_folder=previous_stage_folder)
+                                     previous_stage_folder=previous_stage_folder,
+                                     probabilistic=probabilistic_oversampling)
     val_loader = NNUNetPatchLoader(folder, val_ids, bs, patch, patch, oversample=oversample_foreground,
-                                   seed=seeds["val_loader"], previous_stage_folder=previous_stage_folder)
-    train_tf = training_transforms(patch, aug["rotation"], aug["dummy_2d"], aug["mirror_axes"] if mirroring else None,
-                                   scales, plan.use_mask_for_norm, cascade_labels=cascade_labels)
-    val_tf = validation_transforms(scales, cascade_labels=cascade_labels)
+                                   seed=seeds["val_loader"], previous_stage_folder=previous_stage_folder,
+                                   probabilistic=probabilistic_oversampling)
+    axes = tuple(mirror_axes) if mirror_axes is not None else aug["mirror_axes"]
+    train_tf = training_transforms(patch, aug["rotation"], aug["dummy_2d"], axes if mirroring else None,
+                                   scales, plan.use_mask_for_norm, cascade_labels=cascade_labels, regions=regions,
+                                   ignore_label=ignore_label if regions is not None else None)
+    val_tf = validation_transforms(scales, cascade_labels=cascade_labels, regions=regions,
+                                   ignore_label=ignore_label if regions is not None else None)
     n_val = max(1, num_workers // 2) if num_workers > 0 else 0
     train_iter = _augmenter(train_loader, train_tf, num_workers, max(6, num_workers // 2), seeds["train_aug"])
     val_iter = _augmenter(val_loader, val_tf, n_val, max(3, n_val), seeds["val_aug"])

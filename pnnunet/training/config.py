@@ -2,6 +2,12 @@
 
 A variant is a named set of overrides of :class:`TrainConfig`, not a subclass: upstream's
 ``nnUNetTrainer_5epochs`` is ``pnnunetTrainer_5epochs`` here (and the upstream name is accepted).
+The variants are upstream's: ``NoMirroring``, ``_onlyMirror01`` (mirror axes (0, 1) in 3D, (0,) in
+2D, for training and prediction), ``NoDeepSupervision``, ``DiceCELoss_noSmooth`` (Dice smooth 0),
+``_probabilisticOversampling`` (each sample forced foreground with the fraction the default rule
+gives; ``_033``/``_010``: with 0.33/0.10), ``_<N>epochs`` and ``_<N>epochs_NoMirroring`` (upstream
+ships N in :data:`UPSTREAM_EPOCHS` and :data:`UPSTREAM_EPOCHS_NO_MIRRORING`; any N is accepted).
+What a variant changes for prediction (its mirror axes) is recorded in the checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from dataclasses import dataclass
 from pnnunet.defaults import DEFAULT_TRAINER
 from pnnunet.errors import PnnunetError
 
+UPSTREAM_EPOCHS = (1, 5, 10, 20, 50, 100, 250, 500, 750, 2000, 4000, 8000)
+UPSTREAM_EPOCHS_NO_MIRRORING = (250, 2000, 4000, 8000)
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,13 @@ class TrainConfig:
     grad_clip_norm: float = 12.0
     oversample_foreground: float = 0.33
     mirroring: bool = True
+    only_mirror_01: bool = False  # mirror (training and test time) along axes (0, 1) in 3D, (0,) in 2D
+    deep_supervision: bool = True
+    dice_smooth: float = 1e-5
+    # which samples are forced foreground (§5.2): "last" = the last ones of each batch (upstream's default);
+    # "probabilistic" = each with probability oversample_foreground; "probabilistic_batch_fraction" = each
+    # with the fraction of forced samples "last" gives for the plan's batch size (bs 2 -> 0.5)
+    oversampling: str = "last"
     # DEVIATION(nnU-Net §5.1): checkpoint_latest every epoch (upstream: every 50), so that slow CPU
     # runs lose at most one epoch when killed. --save_every changes it.
     save_every: int = 1
@@ -44,18 +59,27 @@ class TrainConfig:
 _FIXED_VARIANTS: dict[str, dict] = {
     DEFAULT_TRAINER: {},
     "pnnunetTrainerNoMirroring": {"mirroring": False},
+    "pnnunetTrainer_onlyMirror01": {"only_mirror_01": True},
+    "pnnunetTrainer_onlyMirror01_1500ep": {"only_mirror_01": True, "num_epochs": 1500},
+    "pnnunetTrainerNoDeepSupervision": {"deep_supervision": False},
+    "pnnunetTrainerDiceCELoss_noSmooth": {"dice_smooth": 0.0},
+    # upstream: oversample = the fraction of forced samples the default rule gives for the batch size
+    "pnnunetTrainer_probabilisticOversampling": {"oversampling": "probabilistic_batch_fraction"},
+    "pnnunetTrainer_probabilisticOversampling_033": {"oversampling": "probabilistic", "oversample_foreground": 0.33},
+    "pnnunetTrainer_probabilisticOversampling_010": {"oversampling": "probabilistic", "oversample_foreground": 0.10},
 }
-_EPOCHS = re.compile(r"^(?:pnnunet|nnUNet)Trainer_(\d+)epochs$")
+_EPOCHS = re.compile(r"^(?:pnnunet|nnUNet)Trainer_(\d+)epochs?(_NoMirroring)?$")
 
 
 def trainer_overrides(name: str) -> dict:
-    """Overrides for a trainer name: fixed variants, ``…Trainer_<N>epochs``, upstream ``nnUNet…`` names."""
+    """Overrides for a trainer name: fixed variants, ``…Trainer_<N>epochs[_NoMirroring]``, upstream
+    ``nnUNet…`` names."""
     if m := _EPOCHS.match(name):
-        return {"num_epochs": int(m.group(1))}
+        return {"num_epochs": int(m.group(1)), **({"mirroring": False} if m.group(2) else {})}
     canonical = name.replace("nnUNetTrainer", DEFAULT_TRAINER, 1) if name.startswith("nnUNetTrainer") else name
     if canonical in _FIXED_VARIANTS:
         return dict(_FIXED_VARIANTS[canonical])
-    known = list(_FIXED_VARIANTS) + ["pnnunetTrainer_<N>epochs"]
+    known = list(_FIXED_VARIANTS) + ["pnnunetTrainer_<N>epochs", "pnnunetTrainer_<N>epochs_NoMirroring"]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise PnnunetError(f"unknown trainer '{name}'\n  fix: {hint}known trainers: {', '.join(known)}")

@@ -47,6 +47,8 @@ class NNUNetPatchLoader(DataLoader):
         for 2D configurations, which crop one slice of the 3D volume
     final_patch : the network's patch ``P`` (same number of axes as ``crop_size``)
     oversample : fraction of forced-foreground samples (the last ones of each batch)
+    probabilistic : instead, force each sample with probability ``oversample`` (upstream's
+        ``probabilistic_oversampling``)
     seed : seeds the loader's generator together with the worker id
     previous_stage_folder : cascade only: the previous stage's segmentations (``{CASE}.b2nd``) in this
         configuration's preprocessed grid (:mod:`pnnunet.preprocessing.previous_stage`), cropped with
@@ -58,7 +60,7 @@ class NNUNetPatchLoader(DataLoader):
 
     def __init__(self, folder: Path | str, case_ids: Sequence[str], batch_size: int, crop_size: Sequence[int],
                  final_patch: Sequence[int], oversample: float = 0.33, seed: int = 0,
-                 previous_stage_folder: Path | str | None = None):
+                 previous_stage_folder: Path | str | None = None, probabilistic: bool = False):
         case_ids = list(case_ids)
         if not case_ids:
             raise ValueError(f"{folder}: no cases to load patches from")
@@ -73,6 +75,7 @@ class NNUNetPatchLoader(DataLoader):
         self.crop_size = ((1,) if self.is_2d else ()) + tuple(int(c) for c in crop_size)
         self.final_patch = ((1,) if self.is_2d else ()) + tuple(int(c) for c in final_patch)
         self.oversample = float(oversample)
+        self.probabilistic = bool(probabilistic)
         self.seed = int(seed)
         self.previous_stage_folder = Path(previous_stage_folder) if previous_stage_folder is not None else None
         self.rng = self._make_rng(0)
@@ -103,7 +106,10 @@ class NNUNetPatchLoader(DataLoader):
 
     def generate_train_batch(self) -> dict:
         keys = [str(k) for k in self.rng.choice(self.indices, self.batch_size, replace=True)]
-        forced = forced_foreground_mask(self.batch_size, self.oversample)
+        if self.probabilistic:
+            forced = [bool(u < self.oversample) for u in self.rng.uniform(size=self.batch_size)]
+        else:
+            forced = forced_foreground_mask(self.batch_size, self.oversample)
         data_all = seg_all = None
         for j, case in enumerate(keys):
             data, seg = self.load_sample(case, forced[j])

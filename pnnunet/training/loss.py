@@ -1,7 +1,9 @@
 """Training losses: soft Dice + cross-entropy with deep supervision (reference §5.5, §5.6, §12.9).
 
-Label mode only (``DC_and_CE_loss`` of upstream); logits ``(B, C, *spatial)``, targets
-``(B, 1, *spatial)`` integer label maps. Region mode (sigmoid + BCE) is not implemented here.
+Label mode (upstream ``DC_and_CE_loss``): logits ``(B, C, *spatial)``, targets ``(B, 1, *spatial)``
+integer label maps. Region mode (upstream ``DC_and_BCE_loss``): logits ``(B, R, *spatial)``, targets
+``(B, R, *spatial)`` binary region maps (plus a last ignore channel with an ignore label), made by
+:func:`pnnunet.training.regions.segmentation_to_regions`.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ class SoftDiceLoss(nn.Layer):
     Parameters
     ----------
     batch_dice : sum I, P, G over the batch before the ratio (plans' ``batch_dice``).
-    do_bg : include the background channel (False in label mode).
+    do_bg : include the background channel (False in label mode, True in region mode).
     smooth : ``s``, 1e-5 in nnU-Net.
+    nonlinearity : ``"softmax"`` (label mode) or ``"sigmoid"`` (region mode: ``p = sigmoid(logits)``
+        and the target a (B, C, *spatial) binary map).
     ddp : data-parallel training (upstream's ``ddp``): with ``batch_dice`` the sums ``I, P, G`` are
         those of the global batch, gathered from all ranks in float32, so every rank's Dice term
         is the global-batch Dice; its gradient is scaled by the number of ranks so that after
@@ -54,17 +58,20 @@ class SoftDiceLoss(nn.Layer):
     """
 
     def __init__(self, batch_dice: bool = False, do_bg: bool = False, smooth: float = DICE_SMOOTH,
-                 ddp: bool = False):
+                 ddp: bool = False, nonlinearity: str = "softmax"):
         super().__init__()
         self.batch_dice, self.do_bg, self.smooth = bool(batch_dice), bool(do_bg), float(smooth)
         self.ddp = bool(ddp)
+        if nonlinearity not in ("softmax", "sigmoid"):
+            raise ValueError(f"nonlinearity must be 'softmax' or 'sigmoid', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
 
     def forward(
         self, logits: paddle.Tensor, target: paddle.Tensor, loss_mask: paddle.Tensor | None = None
     ) -> paddle.Tensor:
         """logits (B, C, *spatial); target (B, 1, *spatial) labels in [0, C) or a (B, C, *spatial)
         one-hot; loss_mask (B, 1, *spatial), 1 = annotated. Returns a scalar tensor."""
-        probs = F.softmax(_float32(logits), axis=1)
+        probs = F.softmax(_float32(logits), axis=1) if self.nonlinearity == "softmax" else F.sigmoid(_float32(logits))
         if target.ndim == logits.ndim - 1:
             target = target.unsqueeze(1)
         if list(target.shape) == list(logits.shape):
@@ -151,6 +158,56 @@ class DCandCELoss(nn.Layer):
             ignore_index = -100 if self.ignore_label is None else self.ignore_label
             ce = F.cross_entropy(_float32(logits), target, ignore_index=ignore_index, axis=1)
             loss = loss + self.weight_ce * ce
+        return loss
+
+
+class DCandBCELoss(nn.Layer):
+    """``weight_ce · BCE + weight_dice · SoftDice(sigmoid)`` (upstream ``DC_and_BCE_loss``, §5.6).
+
+    Region mode: one sigmoid output per region, Dice with ``do_bg`` True. Without an ignore label
+    the BCE is the mean over all ``B·R·voxels`` elements. With ``use_ignore_label`` the target's last
+    channel marks ignored voxels; the Dice is masked with the annotated voxels and the BCE is
+    ``Σ(bce · mask) / max(Σ mask, 1e-8)`` with the one-channel mask broadcast over the ``R``
+    channels, i.e. ``R ×`` the mean over annotated elements, exactly as upstream computes it.
+
+    Parameters
+    ----------
+    batch_dice : see :class:`SoftDiceLoss`.
+    use_ignore_label : the target carries an ignore channel last.
+    weight_ce, weight_dice : term weights (1, 1 in nnU-Net); a zero weight skips the term.
+    smooth : Dice smoothing.
+    ddp : data-parallel training, see :class:`SoftDiceLoss`.
+    """
+
+    def __init__(self, batch_dice: bool = False, use_ignore_label: bool = False, weight_ce: float = 1.0,
+                 weight_dice: float = 1.0, smooth: float = DICE_SMOOTH, ddp: bool = False):
+        super().__init__()
+        self.use_ignore_label = bool(use_ignore_label)
+        self.weight_ce, self.weight_dice = float(weight_ce), float(weight_dice)
+        self.dice = SoftDiceLoss(batch_dice=batch_dice, do_bg=True, smooth=smooth, ddp=ddp, nonlinearity="sigmoid")
+
+    def forward(self, logits: paddle.Tensor, target: paddle.Tensor) -> paddle.Tensor:
+        """logits (B, R, *spatial); target (B, R [+1 ignore channel], *spatial) of 0/1. Returns a scalar."""
+        expected = logits.shape[1] + int(self.use_ignore_label)
+        if target.ndim != logits.ndim or target.shape[1] != expected:
+            raise ValueError(f"region target must be (B, {expected}, *spatial) for logits {list(logits.shape)}, "
+                             f"got {list(target.shape)}")
+        target = target.astype("float32")
+        target.stop_gradient = True
+        if self.use_ignore_label:
+            mask = 1.0 - target[:, -1:]
+            regions = target[:, :-1]
+        else:
+            mask, regions = None, target
+        loss = paddle.zeros([], dtype="float32")
+        if self.weight_dice != 0:
+            loss = loss + self.weight_dice * self.dice(logits, regions, loss_mask=mask)
+        if self.weight_ce != 0:
+            bce = F.binary_cross_entropy_with_logits(_float32(logits), regions,
+                                                     reduction="none" if mask is not None else "mean")
+            if mask is not None:
+                bce = (bce * mask).sum() / paddle.clip(mask.sum(), min=DICE_CLAMP)
+            loss = loss + self.weight_ce * bce
         return loss
 
 

@@ -31,6 +31,7 @@ from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import write_json_atomic
 from pnnunet.heap import trim_heap
+from pnnunet.inference.export_prediction import sigmoid
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
 from pnnunet.preprocessing.previous_stage import (check_previous_stage_available, next_stage_folder,
@@ -46,15 +47,45 @@ from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.augmentation import make_batch_iterators
 from pnnunet.training.config import TrainConfig
 from pnnunet.training.deep_supervision import ds_weights
-from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
+from pnnunet.training.loss import DCandBCELoss, DCandCELoss, DeepSupervisionLoss
 from pnnunet.training.lr_schedule import set_epoch_lr
 from pnnunet.training.pretrained import apply_pretrained_weights
 from pnnunet.training.progress import ProgressLog
-from pnnunet.training.sampling import rotation_and_mirroring
+from pnnunet.training.sampling import forced_foreground_mask, rotation_and_mirroring
 from pnnunet.training.splits import get_fold, load_or_create_splits
 from pnnunet.training.validation import summarize_validation, validate_fold
 
 log = logging.getLogger(__name__)
+
+
+def _as_list(out):
+    """The network's outputs as a list (one tensor without deep supervision)."""
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def pseudo_dice_counts(logits: np.ndarray, target: np.ndarray, labels: LabelInfo) -> np.ndarray:
+    """(tp, fp, fn) per foreground label or region of one validation batch (§5.7), ignored voxels excluded.
+
+    logits : (B, C, *P) highest-resolution output. target : label mode (B, 1, *P) labels; region mode
+    (B, R [+1 ignore channel], *P) region maps. Label mode: argmax, one row per foreground label;
+    region mode: ``sigmoid > 0.5`` per region, one row per region (as upstream).
+    """
+    if labels.has_regions:
+        pred = sigmoid(logits) > 0.5
+        if labels.has_ignore_label:
+            mask, tgt = target[:, -1:] == 0, target[:, :-1] != 0
+        else:
+            mask, tgt = np.ones_like(target[:, :1], dtype=bool), target != 0
+        p_all, t_all = pred & mask, tgt & mask
+        rows = [(p_all[:, i], t_all[:, i]) for i in range(pred.shape[1])]
+    else:
+        pred, tgt = logits.argmax(axis=1), target[:, 0]
+        mask = tgt != labels.ignore_label if labels.ignore_label is not None else np.ones_like(tgt, bool)
+        rows = [((pred == c) & mask, (tgt == c) & mask) for c in labels.foreground_labels]
+    stats = np.zeros((len(rows), 3), dtype=np.int64)
+    for i, (p, t) in enumerate(rows):
+        stats[i] = (np.sum(p & t), np.sum(p & ~t), np.sum(~p & t))
+    return stats
 
 
 @dataclass
@@ -111,9 +142,6 @@ class Trainer:
         self.cfg = job.config
         self.plan = job.plan
         self.labels = LabelInfo.from_dataset_json(job.dataset_json)
-        if self.labels.has_regions:
-            raise PnnunetError("region-based training (dataset.json labels with lists) is not supported yet\n"
-                               "  fix: train with plain integer labels")
         self.num_input_channels = num_network_inputs(job.dataset_json, self.plan.previous_stage)
         self.num_heads = self.labels.num_segmentation_heads
         self.progress = ProgressLog()
@@ -123,8 +151,24 @@ class Trainer:
         self.dist = job.dist
         self.precision = amp.precision_of(job.device)
         self.skipped_steps = 0  # AMP steps skipped because of inf/nan gradients, this epoch
-        self.batch_size, self.oversample = dist.rank_batch_and_oversample(
-            self.plan.batch_size, self.dist.world_size, self.dist.rank, self.cfg.oversample_foreground)
+        self.batch_size, self.oversample = self._batch_and_oversample()
+
+    def _batch_and_oversample(self) -> tuple[int, float]:
+        """This rank's batch size and foreground fraction (§5.2). Probabilistic oversampling: every
+        rank keeps the fraction (upstream); ``probabilistic_batch_fraction``: the fraction of forced
+        samples the default rule gives for the plan's batch size (bs 2 → 0.5), as upstream's
+        ``nnUNetTrainer_probabilisticOversampling``."""
+        cfg = self.cfg
+        if cfg.oversampling not in ("last", "probabilistic", "probabilistic_batch_fraction"):
+            raise PnnunetError(f"unknown oversampling '{cfg.oversampling}'\n  fix: use last, probabilistic or "
+                               "probabilistic_batch_fraction")
+        if cfg.oversampling == "last":
+            return dist.rank_batch_and_oversample(self.plan.batch_size, self.dist.world_size, self.dist.rank,
+                                                  cfg.oversample_foreground)
+        fraction = cfg.oversample_foreground
+        if cfg.oversampling == "probabilistic_batch_fraction":
+            fraction = float(np.mean(forced_foreground_mask(self.plan.batch_size, cfg.oversample_foreground)))
+        return dist.rank_batch_sizes(self.plan.batch_size, self.dist.world_size)[self.dist.rank], fraction
 
     # ---- building blocks -------------------------------------------------------------------
     def build(self) -> None:
@@ -133,7 +177,8 @@ class Trainer:
         ``paddle.utils.unique_name.guard()`` after seeding (as :meth:`fit` does)."""
         paddle = import_paddle()
         ddp = self.dist.is_distributed
-        self.network = build_network(self.plan.raw, self.num_input_channels, self.num_heads, deep_supervision=True)
+        self.network = build_network(self.plan.raw, self.num_input_channels, self.num_heads,
+                                     deep_supervision=self.cfg.deep_supervision)
         log.info("network %s, %s parameters", type(self.network).__name__,
                  f"{sum(int(np.prod(p.shape)) for p in self.network.parameters()):,}")
         if self.job.device == "cpu" and self.cfg.fast_cpu_convolutions:
@@ -143,15 +188,30 @@ class Trainer:
             learning_rate=self.cfg.initial_lr, momentum=self.cfg.momentum, use_nesterov=True,
             weight_decay=paddle.regularizer.L2Decay(self.cfg.weight_decay), parameters=self.network.parameters(),
             grad_clip=paddle.nn.ClipGradByGlobalNorm(self.cfg.grad_clip_norm))
-        weights = ds_weights(self.plan.arch_kwargs["n_stages"], ddp=ddp)
-        self.loss = DeepSupervisionLoss(DCandCELoss(batch_dice=self.plan.batch_dice,
-                                                    ignore_label=self.labels.ignore_label, ddp=ddp), weights)
-        # every parameter gets a gradient every step (lowest DS weight 1e-6 under DDP): no graph traversal
-        self.model = paddle.DataParallel(self.network, find_unused_parameters=False) if ddp else self.network
+        # without deep supervision: one output, one target, weight 1 (upstream's NoDeepSupervision)
+        weights = ds_weights(self.plan.arch_kwargs["n_stages"], ddp=ddp) if self.cfg.deep_supervision else [1.0]
+        self.loss = DeepSupervisionLoss(self._make_loss(ddp), weights)
+        # every parameter gets a gradient every step (lowest DS weight 1e-6 under DDP): no graph traversal;
+        # without deep supervision the lower segmentation heads get none, so DataParallel must look for them
+        self.model = (paddle.DataParallel(self.network, find_unused_parameters=not self.cfg.deep_supervision)
+                      if ddp else self.network)
         self.autocast = amp.autocast_kwargs(self.job.device)
         self.scaler = amp.make_grad_scaler(self.job.device)
 
     _build = build
+
+    def _make_loss(self, ddp: bool):
+        """Region mode: DC + BCE (sigmoid Dice with background, §5.6); label mode: DC + CE."""
+        if self.labels.has_regions:
+            return DCandBCELoss(batch_dice=self.plan.batch_dice, use_ignore_label=self.labels.has_ignore_label,
+                                smooth=self.cfg.dice_smooth, ddp=ddp)
+        return DCandCELoss(batch_dice=self.plan.batch_dice, ignore_label=self.labels.ignore_label,
+                           smooth=self.cfg.dice_smooth, ddp=ddp)
+
+    @property
+    def evaluated_classes(self) -> list:
+        """What the pseudo-Dice is computed for: the foreground regions or labels."""
+        return list(self.labels.foreground_regions if self.labels.has_regions else self.labels.foreground_labels)
 
     def _payload(self) -> dict:
         return {
@@ -187,8 +247,11 @@ class Trainer:
 
     @property
     def mirror_axes(self) -> list[int]:
+        """Training's mirror axes, recorded in the checkpoint as the test-time mirroring axes."""
         if not self.cfg.mirroring:
             return []
+        if self.cfg.only_mirror_01:
+            return [0] if len(self.plan.patch_size) == 2 else [0, 1]
         return list(rotation_and_mirroring(self.plan.patch_size)["mirror_axes"])
 
     # ---- steps --------------------------------------------------------------------------------
@@ -211,7 +274,7 @@ class Trainer:
         targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in batch["target"]]
         self.optimizer.clear_grad()
         with paddle.amp.auto_cast(**self.autocast):
-            out = self.model(data)
+            out = _as_list(self.model(data))
             loss = self.loss(out, targets)
         skipped = amp.scaled_backward_and_step(loss, self.optimizer, self.scaler)
         return float(loss.numpy()), skipped
@@ -246,16 +309,10 @@ class Trainer:
         data = paddle.to_tensor(batch["data"])
         targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in batch["target"]]
         with paddle.amp.auto_cast(**self.autocast):
-            out = self.model(data)
+            out = _as_list(self.model(data))
             loss = float(self.loss(out, targets).numpy())
-        pred = out[0].astype("float32").argmax(axis=1).numpy()
-        tgt = np.asarray(batch["target"][0])[:, 0]
-        mask = tgt != self.labels.ignore_label if self.labels.ignore_label is not None else np.ones_like(tgt, bool)
-        stats = np.zeros((len(self.labels.foreground_labels), 3), dtype=np.int64)
-        for i, c in enumerate(self.labels.foreground_labels):
-            p, t = (pred == c) & mask, (tgt == c) & mask
-            stats[i] = (np.sum(p & t), np.sum(p & ~t), np.sum(~p & t))
-        return loss, stats
+        return loss, pseudo_dice_counts(out[0].astype("float32").numpy(), np.asarray(batch["target"][0]),
+                                        self.labels)
 
     # ---- main entry points --------------------------------------------------------------------
     def fit(self, resume: bool = False) -> None:
@@ -295,9 +352,15 @@ class Trainer:
                                                                             self.dist.rank),
                                                         batch_size=self.batch_size,
                                                         oversample_foreground=self.oversample,
+                                                        probabilistic_oversampling=cfg.oversampling != "last",
                                                         mirroring=cfg.mirroring,
+                                                        mirror_axes=self.mirror_axes or None,
+                                                        deep_supervision=cfg.deep_supervision,
                                                         previous_stage_folder=job.previous_stage_dir,
-                                                        foreground_labels=self.labels.foreground_labels)
+                                                        foreground_labels=self.labels.foreground_labels,
+                                                        regions=(self.labels.foreground_regions
+                                                                 if self.labels.has_regions else None),
+                                                        ignore_label=self.labels.ignore_label)
             try:
                 for epoch in range(self.current_epoch, cfg.num_epochs):
                     self._run_epoch(epoch, train_iter, val_iter)
@@ -326,7 +389,7 @@ class Trainer:
             losses.append(self.train_step(next(train_iter)))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         self.network.eval()
-        val_losses, stats = [], np.zeros((len(self.labels.foreground_labels), 3), dtype=np.int64)
+        val_losses, stats = [], np.zeros((len(self.evaluated_classes), 3), dtype=np.int64)
         with paddle.no_grad():
             for _ in range(cfg.val_iterations_per_epoch):
                 vl, st = self._val_step(next(val_iter))

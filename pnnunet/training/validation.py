@@ -16,7 +16,7 @@ from pnnunet.inference.preprocessed import next_stages, predict_preprocessed_cas
 from pnnunet.inference.case_predictor import CasePredictor
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.inference.static_graph import resolve_precision
-from pnnunet.metrics import compute_metrics_on_folder
+from pnnunet.metrics import class_names, compute_metrics_on_folder
 from pnnunet.preprocessing.previous_stage import num_network_inputs
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ def summarize_validation(job, checkpoint_path, mirror_axes, disable_tta: bool, s
                                         labels.foreground_regions if labels.has_regions else labels.foreground_labels,
                                         labels.ignore_label, chill=True)
     took = f" in {seconds:.1f} s" if seconds is not None else ""
+    names = class_names(job.dataset_json)
     log.info("final validation: %d cases%s; mean foreground Dice %.4f (%s)", num_cases, took,
              summary["foreground_mean"]["Dice"],
-             ", ".join(f"{labels.names.get(int(k), k)} {v['Dice']:.4f}" for k, v in summary["mean"].items()))
+             ", ".join(f"{names.get(k, k)} {v['Dice']:.4f}" for k, v in summary["mean"].items()))
     return summary

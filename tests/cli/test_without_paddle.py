@@ -46,6 +46,9 @@ def test_planning_evaluation_and_selection_do_not_import_paddle(no_paddle_env, t
     modules = ["pnnunet.cli.plan_and_preprocess", "pnnunet.cli.convert_msd", "pnnunet.cli.evaluate",
                "pnnunet.cli.find_best_config", "pnnunet.cli.ensemble", "pnnunet.cli.apply_postprocessing",
                "pnnunet.cli.plot_overlay", "pnnunet.cli.train", "pnnunet.cli.predict",
+               "pnnunet.cli.determine_postprocessing", "pnnunet.cli.accumulate_crossval_results",
+               "pnnunet.cli.evaluate_simple", "pnnunet.cli.plot_overlay_pngs",
+               "pnnunet.cli.convert_old_nnUNet_dataset",
                "pnnunet.cli.stats", "pnnunet.cli.convert_dicom", "pnnunet.cli.report"]
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + \
            "assert 'paddle' not in sys.modules, 'paddle was imported'\nprint('ok')\n"

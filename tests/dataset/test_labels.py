@@ -65,3 +65,33 @@ def test_ignore_must_be_max_plus_one(ignore):
 def test_background_and_types(labels):
     with pytest.raises(DatasetError):
         LabelInfo.from_dataset_json({"labels": labels})
+
+
+def test_bad_region_datasets_name_dataset_json(tmp_path):
+    """Regions without regions_class_order, ignore not max + 1, a region naming a label that does not exist:
+    each a DatasetError naming the dataset.json file (issue 12)."""
+    import json
+
+    from pnnunet.dataset.dataset_json import load_dataset_json
+
+    base = {"channel_names": {"0": "MRI"}, "numTraining": 1, "file_ending": ".nii.gz"}
+    bad = {
+        "no_order": ({"background": 0, "hippocampus": [1, 2], "posterior": 2}, None, "regions_class_order"),
+        "ignore_not_max_plus_1": ({"background": 0, "a": 1, "b": 2, "ignore": 5}, None, r"largest label \+ 1"),
+        "region_ignore_not_max_plus_1": ({"background": 0, "h": [1, 2], "p": 2, "ignore": 2}, [1, 2],
+                                         r"largest label \+ 1"),
+        "unknown_label_in_region": ({"background": 0, "h": [1, 2, 7], "p": 2}, [1, 2], r"names label\(s\) \[7\]"),
+        "order_paints_unknown": ({"background": 0, "h": [1, 2], "p": 2}, [1, 9], r"paints \[9\]"),
+    }
+    for name, (labels, order, match) in bad.items():
+        path = tmp_path / name / "dataset.json"
+        path.parent.mkdir()
+        d = {**base, "labels": labels, **({"regions_class_order": order} if order is not None else {})}
+        path.write_text(json.dumps(d))
+        with pytest.raises(DatasetError, match=match) as err:
+            load_dataset_json(path)
+        assert str(err.value).startswith(str(path)), name
+        assert "fix:" in str(err.value)
+    ok = {**base, "labels": {"background": 0, "hippocampus": [1, 2], "posterior": 2}, "regions_class_order": [1, 2]}
+    info = LabelInfo.from_dataset_json(ok)
+    assert info.foreground_regions == [(1, 2), 2] and info.num_segmentation_heads == 2

@@ -136,3 +136,18 @@ def test_loader_rejects_bad_arguments(dataset):
         NNUNetPatchLoader(folder, [], 2, (8, 8, 8), (8, 8, 8))
     with pytest.raises(ValueError):
         NNUNetPatchLoader(folder, ids, 2, (8, 8, 8), (8, 8))
+
+
+def test_probabilistic_oversampling_forces_any_sample_with_the_probability(dataset):
+    """upstream's probabilistic_oversampling: each sample forced with p, not the last ones of the batch."""
+    folder, ids = dataset
+    crop = (20, 22, 16)
+    centre = tuple(c // 2 for c in crop)
+    loader = NNUNetPatchLoader(folder, ids, 3, crop, crop, oversample=0.5, seed=6, probabilistic=True)
+    hits_2 = np.zeros(3)  # label 2 (one voxel per case) at the centre ⇔ practically only when forced
+    n = 200
+    for _ in range(n):
+        batch = next(loader)
+        hits_2 += [int(batch["seg"][j, 0][centre]) == 2 for j in range(3)]
+    # forced with p 0.5, then label 2 chosen with p 0.5: about a quarter of the draws, for every sample index
+    assert np.all((hits_2 / n > 0.15) & (hits_2 / n < 0.35)), hits_2 / n
