@@ -44,7 +44,7 @@ class _Segment:
         self.storage, count = {}, [0]
 
         def keep(tensor):
-            self.storage[count[0]] = tensor
+            self.storage[count[0]] = _sharing_buffer(tensor)
             count[0] += 1
 
         def never(_):  # the second graph is never back-propagated
@@ -59,6 +59,17 @@ class _Segment:
             raise RuntimeError(f"recomputation saved {count[0]} tensors, the forward pass {self.packed}: "
                                "the recomputed function is not deterministic in what it records")
         self.x = None
+
+
+def _sharing_buffer(tensor: paddle.Tensor) -> paddle.Tensor:
+    """A new tensor of its own on ``tensor``'s buffer. Paddle 2.6 moves the buffer out of the tensor an
+    unpack hook returns: a tensor saved twice (a block's output: by its LeakyReLU and by the next
+    convolution) would be empty the second time, and a parameter would lose its weights."""
+    var_types = paddle.base.core.VarDesc.VarType
+    dense = getattr(var_types, "DENSE_TENSOR", None) or var_types.LOD_TENSOR
+    out = paddle.base.core.eager.Tensor(tensor.dtype, tensor.shape, tensor.name + "_recomputed", dense, False)
+    tensor._share_buffer_to(out)
+    return out
 
 
 def recomputed(fn: Callable[[paddle.Tensor], paddle.Tensor], x: paddle.Tensor) -> paddle.Tensor:
