@@ -62,6 +62,7 @@ def main() -> None:
                    help="network input channels (default 1; a cascade stage: 1 + the foreground labels)")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--batch", type=int, default=None, help="instead of the plan's batch size")
+    p.add_argument("--patch", type=int, nargs="+", default=None, help="instead of the plan's patch size")
     p.add_argument("--paddle_leaky_relu", action="store_true")
     p.add_argument("--recompute_stages", type=int, default=0,
                    help="encoder stages recomputed in the backward pass (TrainConfig.cpu_recompute_stages)")
@@ -71,7 +72,7 @@ def main() -> None:
     paddle.set_device("cpu")
     plan = ConfigurationPlan.from_plans(json.loads(a.plans.read_text()), a.configuration, a.plans)
     cfg = plan.raw  # inheritance resolved (a cascade stage: 3d_fullres + previous_stage)
-    bs, patch = int(a.batch or cfg["batch_size"]), [int(s) for s in cfg["patch_size"]]
+    bs, patch = int(a.batch or cfg["batch_size"]), [int(s) for s in (a.patch or cfg["patch_size"])]
     s = Sampler()
     s.start()
     rows = [("start (paddle imported)", rss(), rss())]
