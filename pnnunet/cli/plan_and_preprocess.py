@@ -49,8 +49,11 @@ def _parser(prog: str, fingerprint: bool, plan: bool, preprocess: bool) -> argpa
         p.add_argument("--verify_dataset_integrity", "--verify-dataset-integrity", action="store_true",
                        help="check every case (channels, geometry, label values, NaN) before anything else")
     if plan:
-        p.add_argument("-pl", default="default", help="planner preset: default (nnU-Net's ExperimentPlanner) or tiny "
-                                                       "(small nets for demos/CI; plans pnnunetTinyPlans)")
+        p.add_argument("-pl", default="default", help="planner preset: default (nnU-Net's ExperimentPlanner), tiny "
+                                                       "(small nets for demos/CI; plans pnnunetTinyPlans), or upstream's "
+                                                       "residual-encoder presets nnUNetPlannerResEncM / L / XL (aliases "
+                                                       "ResEncM / ResEncL / ResEncXL; 8 / 24 / 40 GB GPU targets, plans "
+                                                       "nnUNetResEncUNet{M,L,XL}Plans)")
         p.add_argument("-gpu_memory_target", type=float, default=None, help="GPU memory target in GB (default 8)")
         p.add_argument("-overwrite_target_spacing", type=float, nargs="+", default=None,
                        help="replace the full-resolution target spacing (3 values, reader axis order)")

@@ -13,8 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pnnunet.cli.common import add_dataset_arg, default_num_processes, get_roots, run_cli
+from pnnunet.dataset.dicom import looks_like_dicom_input, prediction_input
+from pnnunet.dataset.dicom_seg import require_highdicom
 from pnnunet.dataset.resolve import resolve_dataset
 from pnnunet.defaults import DEFAULT_PLANS, DEFAULT_TRAINER
+from pnnunet.errors import PnnunetError
+from pnnunet.evaluation.clinical_outputs import write_clinical_outputs
+from pnnunet.fileio import read_json_file
 from pnnunet.paths import env_int
 from pnnunet.runtime.device import import_paddle
 
@@ -26,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                                             "the segmentations in the input's geometry.")
     p.add_argument("-i", dest="input", required=True, type=Path,
                    help="input folder: CASE_0000.nii.gz, CASE_0001.nii.gz, ... (one file per channel; a "
-                        "single-channel model also takes CASE.nii.gz)")
+                        "single-channel model also takes CASE.nii.gz), or a DICOM folder or .zip (every image "
+                        "series becomes a case, as pnnunet_convert_dicom)")
     p.add_argument("-o", dest="output", required=True, type=Path, help="output folder (created)")
     add_dataset_arg(p)
     p.add_argument("-c", dest="configuration", default=None,
@@ -68,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="split the cases into this many parts (sorted case ids [part_id::num_parts], as upstream); "
                         "run one process per part, on one or several machines, into the same output folder")
     p.add_argument("-part_id", "--part_id", type=int, default=0, help="which part this process predicts (0-based)")
+    p.add_argument("--stats", action="store_true",
+                   help="also write CASE_statistics.json and statistics.csv (volume mL, intensity, components, ...)")
+    p.add_argument("--report", action="store_true", help="also write CASE_report.html and CASE_report.png")
+    p.add_argument("--dicom_seg", "--dicom-seg", action="store_true",
+                   help="DICOM input only: also write CASE_seg.dcm, a DICOM-SEG referencing the source series "
+                        '(needs pip install "pnnunet[dicom]")')
     p.add_argument("--disable_progress_bar", "--no_pbar", "--no-pbar", dest="no_pbar", action="store_true")
     p.add_argument("--verbose", action="store_true")
     return p
@@ -81,6 +93,11 @@ def _dataset_name(args: argparse.Namespace, roots) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.dicom_seg and not looks_like_dicom_input(args.input):
+        raise PnnunetError(f"{args.input}: --dicom_seg needs a DICOM input (a folder or zip of DICOM files)\n"
+                           "  fix: pass the DICOM series to -i, or leave --dicom_seg out")
+    if args.dicom_seg:  # before Paddle: Paddle 2.6's bundled zlib crashes libraries loaded after it (pnnunet/__init__)
+        require_highdicom()
     import_paddle()  # the install hint, before anything that needs Paddle is imported
     from pnnunet.inference import pipeline  # deferred: imports Paddle at load time
 
@@ -100,7 +117,20 @@ def _run(args: argparse.Namespace) -> int:
         roots = get_roots()
         choice = pipeline.choose_models(roots.results / _dataset_name(args, roots), args.configuration, args.trainer,
                                         args.plans, args.checkpoint)
-    pipeline.predict_folder(args.input, args.output, choice, settings)
+    clinical = args.stats or args.report or args.dicom_seg
+    dataset_json = None  # the model's, read only when needed, so a missing model keeps its usual error
+    if clinical or looks_like_dicom_input(args.input):
+        dataset_json = read_json_file(choice.model_dirs[0] / "dataset.json",
+                                      "train the model first or check -d, -c, -tr, -p and -m")
+    ending = dataset_json["file_ending"] if dataset_json else ".nii.gz"
+    with prediction_input(args.input, args.output, ending) as (input_folder, dicom_cases):
+        pipeline.predict_folder(input_folder, args.output, choice, settings)
+        if clinical:
+            write_clinical_outputs(input_folder, args.output, dataset_json, stats=args.stats, report=args.report,
+                                   dicom_cases=dicom_cases, dicom_seg=args.dicom_seg,
+                                   model_info={"model": choice.describe(), "folds": " ".join(
+                                       map(str, settings.folds or choice.folds or ["all trained"])),
+                                       "checkpoint": settings.checkpoint})
     return 0
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
 from skimage import io as skio
 
+from pnnunet.dataset.label_colors import default_color
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path
 
@@ -19,14 +19,14 @@ def pick_slice(seg: np.ndarray) -> int:
 
 
 def overlay_rgb(image: np.ndarray, seg: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """2D image (X, Y) and labels (X, Y) → uint8 RGB (X, Y, 3); each label gets a tab10 colour."""
+    """2D image (X, Y) and labels (X, Y) → uint8 RGB (X, Y, 3); each label gets its colour by value
+    (:func:`pnnunet.dataset.label_colors.default_color`, the same as in reports and DICOM-SEG)."""
     lo, hi = np.percentile(image, [0.5, 99.5])
     grey = np.clip((image - lo) / max(hi - lo, 1e-8), 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    colours = colormaps["tab10"].colors
-    for i, label in enumerate(sorted(int(v) for v in np.unique(seg) if v > 0)):
+    for label in sorted(int(v) for v in np.unique(seg) if v > 0):
         mask = seg == label
-        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(colours[i % 10])
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(default_color(label)) / 255.0
     return (rgb * 255).round().astype(np.uint8)
 
 

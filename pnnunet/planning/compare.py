@@ -1,8 +1,8 @@
 """Compare a pnnunet plans dict with an upstream nnU-Net v2 ``nnUNetPlans.json``.
 
 Everything planning decides must be equal; names that only say which framework's class to build
-(``conv_op``, ``norm_op``, ``nonlin``, ``network_class_name``), the plans name inside data
-identifiers and ``nonlin_kwargs`` are mapped or ignored.
+(``conv_op``, ``norm_op``, ``nonlin``; ``network_class_name`` by its last component), the plans name
+inside data identifiers and ``nonlin_kwargs`` are mapped or ignored.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ def plan_differences(ours: dict, upstream: dict) -> list[str]:
         if a_ident.split("_", 1)[-1] != b_ident.split("_", 1)[-1]:
             out.append(f"{name}.data_identifier: {a_ident} vs {b_ident}")
         a_arch, b_arch = a.pop("architecture", {}), b.pop("architecture", {})
+        a_net, b_net = (str(x.get("network_class_name", "PlainConvUNet")).rsplit(".", 1)[-1] for x in (a_arch, b_arch))
+        if a_net != b_net:
+            out.append(f"{name}.network_class_name: pnnunet {a_net} != upstream {b_net}")
         a_kw, b_kw = dict(a_arch.get("arch_kwargs", {})), dict(b_arch.get("arch_kwargs", {}))
         for key in ("conv_op", "norm_op"):
             if _dim_of(a_kw.get(key)) != _dim_of(b_kw.get(key)):

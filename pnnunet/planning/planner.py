@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from pnnunet.defaults import DEFAULT_PLANS
-from pnnunet.planning.topology import conv_feature_map_size, get_pool_and_conv_props
+from pnnunet.planning.topology import conv_feature_map_size, get_pool_and_conv_props, resenc_conv_feature_map_size
 from pnnunet.preprocessing.normalization import scheme_for_channel_name
 from pnnunet.preprocessing.resampling import compute_new_shape
 
@@ -44,21 +44,47 @@ class PlannerSettings:
     n_conv_per_stage: int = 2
     n_conv_per_stage_decoder: int = 2
     overwrite_target_spacing: tuple[float, ...] | None = None
+    # what upstream's planner subclasses change (ResEnc presets, models_and_scale §3)
+    network: str = "PlainConvUNet"  # or "ResidualEncoderUNet"
+    n_blocks_per_stage: tuple[int, ...] = ()  # ResidualEncoderUNet: residual blocks of encoder stage s
+    # the default planner shrinks the patch while estimate / ref_bs · 2 > reference (what a batch of 2 needs);
+    # the ResEnc planners while estimate > reference
+    shrink_for_batch_of_two: bool = True
+    # plans whose 2d / 3d_fullres data this planner reuses (ResEnc: the default planner's), None = its own
+    shared_data_plans: str | None = None
+    planner_name: str = "ExperimentPlanner"  # ``experiment_planner_used`` in the plans
 
 
 # Named planner presets (``-pl``). "tiny" is a separate plans file for demos and CI: 8 base
 # features (max 32) and a small memory target, so a few CPU iterations take seconds.
+def resenc_settings(size: str, vram_gb: float, reference_val_3d: float, reference_val_2d: float) -> PlannerSettings:
+    """Upstream's ``nnUNetPlannerResEnc{M,L,XL}`` (models_and_scale §3): a ResidualEncoderUNet with
+    (1, 3, 4, 6, 6, 6, ...) blocks per stage and one decoder conv per stage, the reference values given for
+    ``vram_gb`` (the GPU memory target), no 5 % dataset cap; 2d and 3d_fullres reuse the default plans' data."""
+    return PlannerSettings(plans_name=f"nnUNetResEncUNet{size}Plans", planner_name=f"nnUNetPlannerResEnc{size}",
+                           network="ResidualEncoderUNet", n_blocks_per_stage=(1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6),
+                           n_conv_per_stage_decoder=1, gpu_memory_target_gb=vram_gb, reference_val_gb=vram_gb,
+                           reference_val_3d=reference_val_3d, reference_val_2d=reference_val_2d,
+                           max_dataset_covered=1.0, shrink_for_batch_of_two=False, shared_data_plans=DEFAULT_PLANS)
+
+
 PLANNER_PRESETS: dict[str, PlannerSettings] = {
     "default": PlannerSettings(),
     "tiny": PlannerSettings(plans_name="pnnunetTinyPlans", base_features=8, max_features_3d=32, max_features_2d=32,
                             gpu_memory_target_gb=0.02),
+    "nnUNetPlannerResEncM": resenc_settings("M", 8, 680_000_000, 135_000_000),
+    "nnUNetPlannerResEncL": resenc_settings("L", 24, 2_100_000_000, 380_000_000),
+    "nnUNetPlannerResEncXL": resenc_settings("XL", 40, 3_600_000_000, 560_000_000),
 }
-PLANNER_ALIASES = {"ExperimentPlanner": "default", "nnUNetPlanner": "default"}
+PLANNER_ALIASES = {"ExperimentPlanner": "default", "nnUNetPlanner": "default",
+                   "ResEncM": "nnUNetPlannerResEncM", "ResEncL": "nnUNetPlannerResEncL",
+                   "ResEncXL": "nnUNetPlannerResEncXL"}
 
 
 # Class strings written into plans. DEVIATION(DESIGN contract): layer class names name Paddle's
 # layers; everything the planner decides keeps upstream's values.
-NETWORK_CLASS = "pnnunet.runtime.network.PlainConvUNet"
+NETWORK_CLASS = {"PlainConvUNet": "pnnunet.runtime.network.PlainConvUNet",
+                 "ResidualEncoderUNet": "pnnunet.runtime.resenc_network.ResidualEncoderUNet"}
 CONV_OP = {2: "paddle.nn.Conv2D", 3: "paddle.nn.Conv3D"}
 NORM_OP = {2: "paddle.nn.InstanceNorm2D", 3: "paddle.nn.InstanceNorm3D"}
 NONLIN = "paddle.nn.LeakyReLU"
@@ -110,6 +136,15 @@ def normalization_for_channels(channel_names: dict, median_relative_size_after_c
     return schemes, use_mask
 
 
+def _encoder_depth(n: int, settings: PlannerSettings) -> dict:
+    """``n_conv_per_stage`` (PlainConvUNet) or ``n_blocks_per_stage`` (ResidualEncoderUNet) of ``n`` stages."""
+    if settings.network == "ResidualEncoderUNet":
+        if n > len(settings.n_blocks_per_stage):
+            raise ValueError(f"{n} stages but n_blocks_per_stage has only {len(settings.n_blocks_per_stage)} entries")
+        return {"n_blocks_per_stage": list(settings.n_blocks_per_stage[:n])}
+    return {"n_conv_per_stage": [settings.n_conv_per_stage] * n}
+
+
 def _arch_kwargs(topology, dim: int, settings: PlannerSettings) -> dict:
     n = topology.n_stages
     max_f = settings.max_features_2d if dim == 2 else settings.max_features_3d
@@ -119,7 +154,7 @@ def _arch_kwargs(topology, dim: int, settings: PlannerSettings) -> dict:
         "conv_op": CONV_OP[dim],
         "kernel_sizes": [list(k) for k in topology.kernel_sizes],
         "strides": [list(s) for s in topology.strides],
-        "n_conv_per_stage": [settings.n_conv_per_stage] * n,
+        **_encoder_depth(n, settings),
         "n_conv_per_stage_decoder": [settings.n_conv_per_stage_decoder] * (n - 1),
         "conv_bias": True,
         "norm_op": NORM_OP[dim],
@@ -132,6 +167,9 @@ def _arch_kwargs(topology, dim: int, settings: PlannerSettings) -> dict:
 
 
 def _estimate(topology, arch: dict, num_classes: int) -> int:
+    if "n_blocks_per_stage" in arch:
+        return resenc_conv_feature_map_size(topology.patch_size, arch["features_per_stage"], topology.strides,
+                                            arch["n_blocks_per_stage"], arch["n_conv_per_stage_decoder"], num_classes)
     return conv_feature_map_size(topology.patch_size, arch["features_per_stage"], topology.strides,
                                  arch["n_conv_per_stage"], arch["n_conv_per_stage_decoder"], num_classes)
 
@@ -170,7 +208,7 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
         settings.gpu_memory_target_gb / settings.reference_val_gb)
     ref_bs = settings.reference_bs_2d if dim == 2 else settings.reference_bs_3d
     est = estimate(topo, arch)
-    while est / ref_bs * 2 > reference:
+    while (est / ref_bs * 2 if settings.shrink_for_batch_of_two else est) > reference:
         patch = list(topo.patch_size)
         ratios = [p / m for p, m in zip(patch, median_shape)]
         axis = int(np.argsort(ratios)[-1])  # ties → highest axis index, as upstream
@@ -205,7 +243,7 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
         "resampling_fn_seg_kwargs": seg_kwargs,
         "resampling_fn_probabilities": RESAMPLING_FN,
         "resampling_fn_probabilities_kwargs": prob_kwargs,
-        "architecture": {"network_class_name": NETWORK_CLASS, "arch_kwargs": arch,
+        "architecture": {"network_class_name": NETWORK_CLASS[settings.network], "arch_kwargs": arch,
                          "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
     }
 
@@ -240,6 +278,8 @@ def plan_experiment(fingerprint: dict, dataset_json: dict, dataset_name: str, im
     normalization = normalization_for_channels(channel_names, fingerprint["median_relative_size_after_cropping"])
 
     def ident(c: str) -> str:
+        if settings.shared_data_plans and c in ("2d", "3d_fullres"):
+            return f"{settings.shared_data_plans}_{c}"  # same preprocessing as those plans: reuse their data
         return f"{settings.plans_name}_{c}"
 
     full = low = None
@@ -275,7 +315,7 @@ def plan_experiment(fingerprint: dict, dataset_json: dict, dataset_name: str, im
         "transpose_forward": [int(i) for i in tf],
         "transpose_backward": [int(i) for i in tb],
         "configurations": configurations,
-        "experiment_planner_used": "ExperimentPlanner",
+        "experiment_planner_used": settings.planner_name,
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": fingerprint["foreground_intensity_properties_per_channel"],
     }

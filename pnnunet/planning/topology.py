@@ -87,6 +87,28 @@ def get_pool_and_conv_props(spacing: Sequence[float], patch_size: Sequence[float
     return Topology(tuple(num_pool), tuple(strides), tuple(kernels), padded, divisible_by)
 
 
+def _stage_sizes(patch_size: Sequence[int], strides: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Feature-map edge per stage: floor division by each stage's stride, as upstream's estimates."""
+    sizes, size = [], [int(p) for p in patch_size]
+    for stride in strides:
+        size = [i // j for i, j in zip(size, stride)]
+        sizes.append(size)
+    return sizes
+
+
+def _vox(size: Sequence[int]) -> int:
+    return int(np.prod(size, dtype=np.int64))
+
+
+def _decoder_feature_map_size(sizes: list[list[int]], features_per_stage: Sequence[int],
+                              n_conv_per_stage_decoder: Sequence[int], num_classes: int) -> int:
+    """The plain decoder (both networks): conv blocks and transposed conv per skip resolution, one head."""
+    total = 0
+    for j in range(len(sizes) - 1):
+        total += (n_conv_per_stage_decoder[j] + 1) * features_per_stage[j] * _vox(sizes[j])  # convs + transp. conv
+    return total + num_classes * _vox(sizes[0])  # one seg head, DS off
+
+
 def conv_feature_map_size(patch_size: Sequence[int], features_per_stage: Sequence[int],
                           strides: Sequence[Sequence[int]], n_conv_per_stage: Sequence[int],
                           n_conv_per_stage_decoder: Sequence[int], num_classes: int) -> int:
@@ -96,16 +118,28 @@ def conv_feature_map_size(patch_size: Sequence[int], features_per_stage: Sequenc
     transposed conv and the single full-resolution segmentation head; the input is not counted.
     Stage resolutions use floor division per stage, exactly as upstream's estimate.
     """
-    sizes = []
-    size = [int(p) for p in patch_size]
-    total = 0
-    for s, stride in enumerate(strides):
-        size = [i // j for i, j in zip(size, stride)]
-        sizes.append(size)
-        total += n_conv_per_stage[s] * features_per_stage[s] * int(np.prod(size, dtype=np.int64))
-    for j in range(len(strides) - 1):  # decoder, per skip resolution
-        vox = int(np.prod(sizes[j], dtype=np.int64))
-        total += n_conv_per_stage_decoder[j] * features_per_stage[j] * vox  # conv blocks
-        total += features_per_stage[j] * vox  # transposed conv output
-    total += num_classes * int(np.prod(sizes[0], dtype=np.int64))  # one seg head, DS off
-    return int(total)
+    sizes = _stage_sizes(patch_size, strides)
+    total = sum(n_conv_per_stage[s] * features_per_stage[s] * _vox(size) for s, size in enumerate(sizes))
+    return int(total + _decoder_feature_map_size(sizes, features_per_stage, n_conv_per_stage_decoder, num_classes))
+
+
+def resenc_conv_feature_map_size(patch_size: Sequence[int], features_per_stage: Sequence[int],
+                                 strides: Sequence[Sequence[int]], n_blocks_per_stage: Sequence[int],
+                                 n_conv_per_stage_decoder: Sequence[int], num_classes: int) -> int:
+    """The ResEnc planners' memory estimate of a ResidualEncoderUNet without deep supervision
+    (models_and_scale §3; upstream's ``compute_conv_feature_map_size``).
+
+    Stem: one conv at full resolution with ``features_per_stage[0]`` outputs. Each residual block: its two
+    convs at the stage's resolution, plus its skip projection's output when the block changes the
+    stride or the channel count (only a stage's first block can). Decoder as the plain one.
+    """
+    sizes = _stage_sizes(patch_size, strides)
+    total = features_per_stage[0] * _vox(patch_size)  # stem
+    previous, c_in = [int(p) for p in patch_size], features_per_stage[0]
+    for s, size in enumerate(sizes):
+        f, vox = features_per_stage[s], _vox(size)
+        total += 2 * n_blocks_per_stage[s] * f * vox
+        if c_in != f or size != previous:
+            total += f * vox  # first block's skip (avg-pool and/or 1x1 projection output)
+        previous, c_in = size, f
+    return int(total + _decoder_feature_map_size(sizes, features_per_stage, n_conv_per_stage_decoder, num_classes))

@@ -39,8 +39,9 @@ from pnnunet.preprocessing.storage import list_cases
 from pnnunet.runtime import amp
 from pnnunet.runtime import checkpoints as ck
 from pnnunet.runtime import distributed as dist
+from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.device import import_paddle, is_out_of_memory
-from pnnunet.runtime.network import build_network, recompute_encoder_stages
+from pnnunet.runtime.network import recompute_encoder_stages
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.augmentation import make_batch_iterators
@@ -134,6 +135,8 @@ class Trainer:
         paddle = import_paddle()
         ddp = self.dist.is_distributed
         self.network = build_network(self.plan.raw, self.num_input_channels, self.num_heads, deep_supervision=True)
+        log.info("network %s, %s parameters", type(self.network).__name__,
+                 f"{sum(int(np.prod(p.shape)) for p in self.network.parameters()):,}")
         if self.job.device == "cpu" and self.cfg.fast_cpu_convolutions:
             log.debug("CPU: %d convolution layers run through oneDNN", accelerate_convolutions(self.network))
         if self.job.device == "cpu":

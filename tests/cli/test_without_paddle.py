@@ -45,7 +45,8 @@ def test_paddle_commands_print_the_install_hint(no_paddle_env, tmp_path, argv):
 def test_planning_evaluation_and_selection_do_not_import_paddle(no_paddle_env, tmp_path):
     modules = ["pnnunet.cli.plan_and_preprocess", "pnnunet.cli.convert_msd", "pnnunet.cli.evaluate",
                "pnnunet.cli.find_best_config", "pnnunet.cli.ensemble", "pnnunet.cli.apply_postprocessing",
-               "pnnunet.cli.plot_overlay", "pnnunet.cli.train", "pnnunet.cli.predict"]
+               "pnnunet.cli.plot_overlay", "pnnunet.cli.train", "pnnunet.cli.predict",
+               "pnnunet.cli.stats", "pnnunet.cli.convert_dicom", "pnnunet.cli.report"]
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + \
            "assert 'paddle' not in sys.modules, 'paddle was imported'\nprint('ok')\n"
     done = _run(no_paddle_env, "-c", code, cwd=tmp_path)

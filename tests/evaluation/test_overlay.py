@@ -17,6 +17,10 @@ def test_pick_slice_and_colours():
     assert rgb.dtype == np.uint8 and rgb.shape == (4, 4, 3)
     assert (rgb[3, 3] == rgb[3, 3, 0]).all()  # background stays grey
     assert not (rgb[0, 0] == rgb[0, 0, 0]).all()  # labelled voxels are coloured
+    # colour by label value, as in reports: label 2 looks the same whether or not label 1 is on the slice
+    only2 = np.where(seg[3] == 1, 2, 0)
+    assert (overlay_rgb(img, only2)[0, 0] != rgb[0, 0]).any()
+    assert (overlay_rgb(img, only2)[0, 0] == overlay_rgb(img, np.where(seg[3] == 1, 2, 1))[0, 0]).all()
 
 
 def test_save_overlay_png(tmp_path):

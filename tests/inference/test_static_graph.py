@@ -11,14 +11,16 @@ import pytest
 paddle = pytest.importorskip("paddle")
 
 from pnnunet.inference import static_graph as sg
-from pnnunet.runtime.network import build_network
+from pnnunet.runtime.architectures import build_network
 
 
-def _plan(dim: int, strides, features=(4, 8, 8)) -> dict:
+def _plan(dim: int, strides, features=(4, 8, 8), resenc: bool = False) -> dict:
     n = len(features)
-    return {"architecture": {"network_class_name": "PlainConvUNet", "arch_kwargs": {
+    depth = {"n_blocks_per_stage": [1, 2, 2][:n]} if resenc else {"n_conv_per_stage": [1] * n}
+    return {"architecture": {"network_class_name": "ResidualEncoderUNet" if resenc else "PlainConvUNet",
+                             "arch_kwargs": {
         "n_stages": n, "features_per_stage": list(features), "conv_op": f"Conv{dim}d",
-        "kernel_sizes": [[3] * dim] * n, "strides": strides, "n_conv_per_stage": [1] * n,
+        "kernel_sizes": [[3] * dim] * n, "strides": strides, **depth,
         "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True}}}
 
 
@@ -26,6 +28,9 @@ def _plan(dim: int, strides, features=(4, 8, 8)) -> dict:
 CASES = {
     "3d": (_plan(3, [[1, 1, 1], [1, 2, 2], [1, 2, 2]]), (2, 2, 5, 12, 20)),
     "2d": (_plan(2, [[1, 1], [2, 1], [2, 1]]), (3, 2, 16, 7)),
+    # residual blocks: avg-pool + projection skip (stage 1) and avg-pool only (stage 2, 8 -> 8 channels)
+    "3d_resenc": (_plan(3, [[1, 1, 1], [1, 2, 2], [1, 2, 2]], resenc=True), (2, 2, 5, 12, 20)),
+    "2d_resenc": (_plan(2, [[1, 1], [2, 1], [2, 1]], resenc=True), (3, 2, 16, 7)),
 }
 
 

@@ -8,8 +8,10 @@ import paddle
 import pytest
 
 from pnnunet.errors import PnnunetError
-from pnnunet.runtime.network import PlainConvUNet, build_network, conv_dim_from_op, he_std
+from pnnunet.runtime.architectures import build_network
+from pnnunet.runtime.network import PlainConvUNet, conv_dim_from_op, he_std
 from tests.conftest import UPSTREAM_HIPPO, require
+from tests.runtime.upstream_probes import fill_like_upstream_script, probe
 
 
 def n_params(net) -> int:
@@ -45,19 +47,6 @@ def test_anisotropic_seven_stage_parameter_count_equals_upstream():
     assert n_params(build_network(cfg, input_channels=2, num_classes=3)) == 44_578_770
 
 
-def _fill_like_upstream_script(net):
-    """Deterministic weights: parameter k (registration order) = 0.5·sin(0.37·j + 1.3·k), j the flat index."""
-    for k, p in enumerate(net.parameters()):
-        n = int(np.prod(p.shape))
-        p.set_value((0.5 * np.sin(0.37 * np.arange(n) + 1.3 * k)).reshape(list(p.shape)).astype(np.float32))
-
-
-def _probe(out) -> list[float]:
-    o = out.numpy().astype(np.float64)
-    w = np.cos(0.5 * np.arange(o.size)).reshape(o.shape)
-    return [o.sum(), (o * o).sum(), (o * w).sum()]
-
-
 # Same filled weights and input x = cos(0.11·j) run through upstream's PlainConvUNet (torch, upstream venv,
 # scratch script upstream_forward.py); numbers are [sum, sum of squares, sum(out·cos(0.5·j))] per DS output.
 # Checks wiring beyond shapes: concat order [up, skip], strided first conv, padding, heads, InstanceNorm.
@@ -79,15 +68,15 @@ FORWARD_CASES = {
 def test_forward_equals_upstream_with_same_weights(name):
     kwargs, x_shape, expected = FORWARD_CASES[name]
     net = PlainConvUNet(**kwargs, deep_supervision=True)
-    _fill_like_upstream_script(net)
+    fill_like_upstream_script(net)
     x = paddle.to_tensor(np.cos(0.11 * np.arange(np.prod(x_shape))).reshape(x_shape).astype(np.float32))
     with paddle.no_grad():
         outs = net(x)
         assert len(outs) == len(expected)
         for out, ref in zip(outs, expected):
-            np.testing.assert_allclose(_probe(out), ref, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(probe(out), ref, rtol=1e-5, atol=1e-4)
         net.deep_supervision = False
-        np.testing.assert_allclose(_probe(net(x)), expected[0], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(probe(net(x)), expected[0], rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("conv_op, x_shape, strides", [
@@ -160,8 +149,9 @@ def test_bad_plans_raise_clear_errors():
     with pytest.raises(PnnunetError, match="arch_kwargs"):
         build_network({"patch_size": [8, 8]}, 1, 2)
     cfg = tiny_config("Conv2d", [[3, 3]] * 2, [[1, 1], [2, 2]], [4, 8], [1, 1], [1])
-    cfg["architecture"]["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-    with pytest.raises(PnnunetError, match="ResidualEncoderUNet"):
+    cfg["architecture"]["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualUNet"
+    with pytest.raises(PnnunetError, match="'dynamic_network_architectures.architectures.unet.ResidualUNet' is not "
+                                           "supported: pnnunet builds PlainConvUNet and ResidualEncoderUNet"):
         build_network(cfg, 1, 2)
     cfg = tiny_config("Conv2d", [[3, 3]] * 2, [[1, 1], [2, 2]], [4, 8], [1, 1, 1], [1])
     with pytest.raises(PnnunetError, match="n_conv_per_stage"):
@@ -172,7 +162,7 @@ def test_inference_mode_equals_training_mode_forward():
     """Without gradients the nonlinearity runs in place; the output must not change."""
     import paddle
 
-    from pnnunet.runtime.network import build_network
+    from pnnunet.runtime.architectures import build_network
 
     plan = {"patch_size": [16, 16, 16], "architecture": {"network_class_name": "PlainConvUNet", "arch_kwargs": {
         "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",

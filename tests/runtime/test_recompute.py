@@ -94,3 +94,13 @@ def test_recomputation_that_records_differently_is_an_error():
             y.sum().backward()
     finally:
         paddle.set_grad_enabled(True)  # a backward pass that raised leaves grad recording off
+
+
+def test_residual_encoder_stages_are_not_switched():
+    from pnnunet.runtime.resenc_network import ResidualEncoderUNet
+
+    paddle.seed(0)
+    net = ResidualEncoderUNet(1, 3, [4, 8, 16], 3, [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]], [1, 1, 1],
+                              3, [1, 1], conv_bias=True, deep_supervision=True)
+    assert recompute_encoder_stages(net, 2) == 0
+    assert recompute_encoder_stages(_net(accelerate=False), 2) == 2
