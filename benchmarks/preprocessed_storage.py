@@ -142,16 +142,14 @@ def hippocampus(args, work: Path) -> dict:
     return out
 
 
-def synthetic_ct(shape=CT_SHAPE, seed: int = 0, noise_hu: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """A CT-like volume after pnnunet's CT normalization, and its label map.
+def synthetic_ct_hu(shape=CT_SHAPE, seed: int = 0, noise_hu: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like volume in integer HU (int16, slices along the first axis) and its label map (int16).
 
-    Integer HU values without noise: air -1000 outside an elliptic body whose outline changes along
-    the first axis; inside, subcutaneous fat (-100), soft tissue (40) with a slow integer ripple
-    (±8 HU), a liver (60, label 1), two kidneys (30, label 2), a spine (cancellous 300, cortical ring
-    800) and, in the last 80 slices, lungs (-850). Then clipped to [-160, 240] HU (as CT
-    normalization clips to the foreground's 0.5/99.5 percentiles) and z-scored with mean 50, std 60
-    (float32). Real scans add acquisition noise, so they compress less than this; ``noise_hu`` > 0
-    adds integer Gaussian noise of that standard deviation inside the body (before clipping).
+    Without noise: air -1000 outside an elliptic body whose outline changes along the first axis;
+    inside, subcutaneous fat (-100), soft tissue (40) with a slow integer ripple (±8 HU), a liver (60,
+    label 1), two kidneys (30, label 2), a spine (cancellous 300, cortical ring 800) and, in the last
+    80 slices, lungs (-850). Real scans add acquisition noise, so they compress less than this;
+    ``noise_hu`` > 0 adds integer Gaussian noise of that standard deviation inside the body.
     """
     n, h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -181,6 +179,14 @@ def synthetic_ct(shape=CT_SHAPE, seed: int = 0, noise_hu: float = 0.0) -> tuple[
             body = r <= 1
             sl[body] += np.round(rng.normal(0, noise_hu, int(body.sum()))).astype(np.int16)
         hu[z] = sl
+    return hu, seg
+
+
+def synthetic_ct(shape=CT_SHAPE, seed: int = 0, noise_hu: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`synthetic_ct_hu` after pnnunet's CT normalization, channel first: clipped to [-160, 240] HU
+    (as CT normalization clips to the foreground's 0.5/99.5 percentiles) and z-scored with mean 50,
+    std 60 (float32; 22 distinct values without noise)."""
+    hu, seg = synthetic_ct_hu(shape, seed, noise_hu)
     data = ((np.clip(hu, -160, 240).astype(np.float32) - 50) / 60)[None]
     return data, seg[None]
 

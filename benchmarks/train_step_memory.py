@@ -23,7 +23,9 @@ import paddle.nn.functional as F
 
 import pnnunet.runtime.network as network_module
 from pnnunet.heap import trim_heap
+from pnnunet.plans import ConfigurationPlan
 from pnnunet.runtime.architectures import build_network
+from pnnunet.runtime.network import recompute_encoder_stages
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.deep_supervision import downsample_seg_for_ds, ds_scales, ds_weights
@@ -57,28 +59,36 @@ def main() -> None:
     p.add_argument("--plans", type=Path, required=True)
     p.add_argument("-c", "--configuration", default="3d_lowres")
     p.add_argument("--classes", type=int, default=5)
+    p.add_argument("--input_channels", type=int, default=None,
+                   help="network input channels (default 1; a cascade stage: 1 + the foreground labels)")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--batch", type=int, default=None, help="instead of the plan's batch size")
+    p.add_argument("--patch", type=int, nargs="+", default=None, help="instead of the plan's patch size")
     p.add_argument("--paddle_leaky_relu", action="store_true")
+    p.add_argument("--recompute_stages", type=int, default=0,
+                   help="encoder stages recomputed in the backward pass (TrainConfig.cpu_recompute_stages)")
     a = p.parse_args()
     if a.paddle_leaky_relu:
         network_module.leaky_relu_saving_output = lambda x, slope=0.01: F.leaky_relu(x, slope)
     paddle.set_device("cpu")
-    cfg = json.loads(a.plans.read_text())["configurations"][a.configuration]
-    bs, patch = int(a.batch or cfg["batch_size"]), [int(s) for s in cfg["patch_size"]]
+    plan = ConfigurationPlan.from_plans(json.loads(a.plans.read_text()), a.configuration, a.plans)
+    cfg = plan.raw  # inheritance resolved (a cascade stage: 3d_fullres + previous_stage)
+    bs, patch = int(a.batch or cfg["batch_size"]), [int(s) for s in (a.patch or cfg["patch_size"])]
     s = Sampler()
     s.start()
     rows = [("start (paddle imported)", rss(), rss())]
     paddle.seed(0)
-    net = build_network(cfg, 1, a.classes, deep_supervision=True)
+    channels = a.input_channels or (a.classes if "previous_stage" in cfg else 1)
+    net = build_network(cfg, channels, a.classes, deep_supervision=True)
     accelerate_convolutions(net)
+    recompute_encoder_stages(net, a.recompute_stages)
     opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.99, use_nesterov=True,
                                     weight_decay=paddle.regularizer.L2Decay(3e-5), parameters=net.parameters(),
                                     grad_clip=paddle.nn.ClipGradByGlobalNorm(12.0))
     loss_fn = DeepSupervisionLoss(DCandCELoss(batch_dice=cfg["batch_dice"]),
                                   ds_weights(cfg["architecture"]["arch_kwargs"]["n_stages"]))
     rng = np.random.default_rng(0)
-    data = rng.standard_normal((bs, 1, *patch)).astype(np.float32)
+    data = rng.standard_normal((bs, channels, *patch)).astype(np.float32)
     seg = rng.integers(0, a.classes, (bs, 1, *patch)).astype(np.int16)
     targets_np = downsample_seg_for_ds(seg, ds_scales(cfg["architecture"]["arch_kwargs"]["strides"]))
     rows.append(("network + optimizer + batch", s.take(), rss()))
@@ -104,7 +114,8 @@ def main() -> None:
     rows.append(("malloc_trim", s.take(), rss()))
     s.stop = True
     print(f"{a.configuration}: batch {bs}, patch {patch}, "
-          f"{'Paddle leaky_relu' if a.paddle_leaky_relu else 'leaky_relu saving its output'}")
+          f"{'Paddle leaky_relu' if a.paddle_leaky_relu else 'leaky_relu saving its output'}, "
+          f"{a.recompute_stages} encoder stage(s) recomputed")
     print(f"{'':70s} {'peak GiB':>9s} {'after GiB':>9s}")
     for name, peak, after in rows:
         print(f"{name:70s} {peak / GIB:9.2f} {after / GIB:9.2f}")

@@ -27,6 +27,7 @@ from paddle import nn
 from paddle.nn import functional as F
 
 from pnnunet.errors import PnnunetError
+from pnnunet.runtime.recompute import recomputed
 
 LEAKY_SLOPE = 0.01
 NORM_EPS = 1e-5
@@ -168,7 +169,12 @@ class ConvNormAct(ConvNorm):
 
 
 class StackedConvs(nn.Layer):
-    """``n`` ConvNormAct blocks; only the first one is strided."""
+    """``n`` ConvNormAct blocks; only the first one is strided.
+
+    ``recompute`` (training memory, :func:`recompute_encoder_stages`): the stage's activations are not
+    kept for the backward pass but computed again there (:func:`pnnunet.runtime.recompute.recomputed`)."""
+
+    recompute = False
 
     def __init__(
         self, n: int, dim: int, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int], bias: bool
@@ -179,6 +185,8 @@ class StackedConvs(nn.Layer):
         self.convs = nn.Sequential(*blocks)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.recompute:
+            return recomputed(self.convs, x)
         return self.convs(x)
 
 
@@ -322,6 +330,24 @@ class PlainConvUNet(UNet):
     ):
         super().__init__(input_channels, n_stages, features_per_stage, conv_dim, kernel_sizes, strides,
                          n_conv_per_stage, num_classes, n_conv_per_stage_decoder, conv_bias, deep_supervision)
+
+
+def recompute_encoder_stages(network: nn.Layer, stages: int) -> int:
+    """Training memory: the ``stages`` highest-resolution encoder stages do not keep their activations
+    for the backward pass; they are computed again there (same gradients bit for bit, one more forward
+    pass of those stages). Their conv and LeakyReLU outputs are the largest activations of a 3D U-Net
+    (a 2 x 80 x 192 x 160 CT batch with 32 features: 629 MB each), and their backward comes last, when
+    the decoder's activations are freed, so the recomputation does not raise the peak (recomputing
+    the decoder's highest-resolution stage would not lower it: its backward comes first, when
+    everything else is still alive). Only :class:`StackedConvs` stages (PlainConvUNet) are switched;
+    a ResidualEncoderUNet's stages keep their activations. 0 turns it off. Returns how many stages
+    recompute."""
+    count = 0
+    for i, stage in enumerate(network.encoder.stages):
+        if isinstance(stage, StackedConvs):
+            stage.recompute = i < stages
+            count += stage.recompute
+    return count
 
 
 def load_weights(network, weights: dict) -> None:

@@ -51,6 +51,10 @@ class TrainConfig:
     # CPU only: run convolutions (forward and backward) through the oneDNN library inside Paddle's
     # wheel (runtime/onednn/); same numbers up to float32 rounding, ~3.5x faster than eager.
     fast_cpu_convolutions: bool = True
+    # CPU only: this many highest-resolution encoder stages keep no activations for the backward pass
+    # and compute them again there (runtime/recompute.py): the same gradients bit for bit, less peak
+    # RAM (benchmarks/RESULTS.md, "Recomputed encoder stages"), one more forward pass of those stages.
+    cpu_recompute_stages: int = 2
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})

@@ -42,6 +42,7 @@ from pnnunet.runtime import checkpoints as ck
 from pnnunet.runtime import distributed as dist
 from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.device import import_paddle, is_out_of_memory
+from pnnunet.runtime.network import recompute_encoder_stages
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.augmentation import make_batch_iterators
@@ -183,6 +184,9 @@ class Trainer:
                  f"{sum(int(np.prod(p.shape)) for p in self.network.parameters()):,}")
         if self.job.device == "cpu" and self.cfg.fast_cpu_convolutions:
             log.debug("CPU: %d convolution layers run through oneDNN", accelerate_convolutions(self.network))
+        if self.job.device == "cpu":
+            log.debug("CPU: %d encoder stage(s) recomputed in the backward pass",
+                      recompute_encoder_stages(self.network, self.cfg.cpu_recompute_stages))
         # the optimizer's global-norm clip runs inside optimizer.step(), i.e. after the scaler's unscale_
         self.optimizer = paddle.optimizer.Momentum(
             learning_rate=self.cfg.initial_lr, momentum=self.cfg.momentum, use_nesterov=True,

@@ -33,3 +33,34 @@ def test_final_validation_releases_the_training_state_first(tmp_path, monkeypatc
     with pytest.raises(PnnunetError, match="not found"):  # no checkpoint: stops before building
         trainer.final_validation()
     assert released == [trainer]
+
+
+def _three_steps(tmp, recompute_stages: int):
+    import paddle
+
+    from tests.training.synthetic import fixed_batches, make_trainer
+
+    with paddle.utils.unique_name.guard():
+        paddle.seed(1234)
+        trainer = make_trainer(tmp)
+        trainer.cfg = trainer.cfg.replace(cpu_recompute_stages=recompute_stages)
+        trainer.build()
+        stages = [s.recompute for s in trainer.network.encoder.stages]
+        losses = [trainer.train_step(b) for b in fixed_batches(3)]
+        return stages, losses, {k: v.numpy() for k, v in trainer.network.state_dict().items()}
+
+
+def test_cpu_trainer_recomputes_encoder_stages_with_the_same_training(tmp_path):
+    """TrainConfig.cpu_recompute_stages (default 2) switches the CPU network's highest-resolution encoder
+    stages to recomputation; three optimizer steps give the same losses and weights bit for bit."""
+    import numpy as np
+
+    from pnnunet.training.config import TrainConfig
+
+    assert TrainConfig().cpu_recompute_stages == 2
+    stages, losses, weights = _three_steps(tmp_path / "a", 2)
+    plain_stages, plain_losses, plain_weights = _three_steps(tmp_path / "b", 0)
+    assert stages == [True, True, False] and plain_stages == [False, False, False]
+    assert losses == plain_losses
+    for k in plain_weights:
+        np.testing.assert_array_equal(weights[k], plain_weights[k])
