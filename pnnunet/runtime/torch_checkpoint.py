@@ -6,8 +6,8 @@ storage bytes), ``byteorder`` (``little`` if absent) and ``version``. Tensors ar
 of ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``; their storages come from
 ``persistent_load(('storage', StorageType, key, location, numel))``.
 
-The pickle is read by a restricted unpickler: :data:`ALLOWED_GLOBALS` is the exact list of globals
-it resolves (each to a function of this module, never to torch or to an arbitrary callable);
+The pickle is read by a restricted unpickler (:mod:`pnnunet.safe_pickle`): :data:`ALLOWED_GLOBALS`
+is the exact list of globals it resolves (each to a function of this module, never to torch or to an arbitrary callable);
 anything else, e.g. a pickle that calls ``os.system``, is refused with a :class:`PnnunetError`
 naming the file before anything runs. Tensors become references first and are read from the zip
 only if they are kept, so the optimizer state of a training checkpoint costs no memory.
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pnnunet.errors import PnnunetError
+from pnnunet.safe_pickle import AllowListUnpickler
 
 # storage class name → numpy dtype (byte order applied later); bfloat16 is read as uint16
 _STORAGE_DTYPES = {
@@ -159,16 +160,14 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 """The exact globals a checkpoint pickle may name, and what each is resolved to."""
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, storages: dict):
-        super().__init__(file)
-        self._storages = storages
+def _refuse(what: str) -> _Refused:
+    return _Refused(f"it refers to {what}, which a checkpoint never needs")
 
-    def find_class(self, module: str, name: str):
-        try:
-            return ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise _Refused(f"it names {module}.{name}, which a checkpoint never needs") from None
+
+class _RestrictedUnpickler(AllowListUnpickler):
+    def __init__(self, file, storages: dict):
+        super().__init__(file, ALLOWED_GLOBALS, _refuse)
+        self._storages = storages
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
