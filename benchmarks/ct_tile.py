@@ -36,8 +36,8 @@ def main() -> None:
     from pnnunet.heap import reuse_freed_memory
     from pnnunet.plans import resolve_configuration
     from pnnunet.training import fast_cpu
+    from pnnunet.runtime.architectures import build_network
     from pnnunet.runtime.device import set_cpu_threads
-    from pnnunet.runtime.network import build_network
 
     paddle.set_device("cpu")
     set_cpu_threads()

@@ -79,8 +79,8 @@ def make_pnnunet_ct_model(model_dir: Path, plans_file: Path, dataset_json_file: 
 
     from pnnunet.fileio import load_json, write_json_atomic
     from pnnunet.plans import resolve_configuration
+    from pnnunet.runtime.architectures import build_network
     from pnnunet.runtime.checkpoints import save_checkpoint
-    from pnnunet.runtime.network import build_network
 
     plans, dataset_json = load_json(plans_file), load_json(dataset_json_file)
     write_json_atomic(model_dir / "plans.json", plans)

@@ -54,8 +54,8 @@ def make_pnnunet_model(model_dir: Path, plans_file: Path, configuration: str, n_
 
     from pnnunet.fileio import load_json, write_json_atomic
     from pnnunet.plans import resolve_configuration
+    from pnnunet.runtime.architectures import build_network
     from pnnunet.runtime.checkpoints import save_checkpoint
-    from pnnunet.runtime.network import build_network
 
     plans = load_json(plans_file)
     write_json_atomic(model_dir / "plans.json", plans)

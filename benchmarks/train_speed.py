@@ -80,9 +80,9 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
     import paddle
 
     from pnnunet.training.deep_supervision import ds_weights
+    from pnnunet.runtime.architectures import build_network
     from pnnunet.runtime.device import set_cpu_threads
     from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
-    from pnnunet.runtime.network import build_network
 
     paddle.set_device("cpu")
     set_cpu_threads(a.threads)

@@ -23,7 +23,7 @@ import paddle.nn.functional as F
 
 import pnnunet.runtime.network as network_module
 from pnnunet.heap import trim_heap
-from pnnunet.runtime.network import build_network
+from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.deep_supervision import downsample_seg_for_ds, ds_scales, ds_weights

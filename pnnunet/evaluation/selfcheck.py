@@ -37,9 +37,10 @@ from pnnunet.planning.run import fingerprint_dataset, plan_dataset
 from pnnunet.preprocessing.run import preprocess_dataset
 from pnnunet.preprocessing.storage import load_preprocessed_case
 from pnnunet.runtime.amp import FP16_OPS, autocast_kwargs
+from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.checkpoints import load_checkpoint, optimizer_state_by_structured_names
 from pnnunet.runtime.device import import_paddle, pick_device
-from pnnunet.runtime.network import build_network, load_weights
+from pnnunet.runtime.network import load_weights
 from pnnunet.runtime.onednn.primitives import bf16_supported
 from pnnunet.training.config import make_train_config
 from pnnunet.training.trainer import Trainer, TrainingJob

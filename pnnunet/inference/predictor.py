@@ -44,8 +44,9 @@ from pnnunet.inference.static_graph import resolve_precision
 from pnnunet.parallel import call_picklable, single_thread_worker
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
 from pnnunet.preprocessing.previous_stage import append_previous_stage
+from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.device import import_paddle, pick_device, set_cpu_threads
-from pnnunet.runtime.network import build_network, load_weights
+from pnnunet.runtime.network import load_weights
 
 log = logging.getLogger(__name__)
 

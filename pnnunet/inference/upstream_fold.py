@@ -21,9 +21,10 @@ from pathlib import Path
 
 from pnnunet.defaults import CHECKPOINT_SUFFIX, UPSTREAM_CHECKPOINT_SUFFIX, UPSTREAM_TRAINER
 from pnnunet.errors import PnnunetError
+from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.checkpoints import load_checkpoint, save_checkpoint
 from pnnunet.runtime.device import import_paddle
-from pnnunet.runtime.network import build_network, weights_mismatch
+from pnnunet.runtime.network import weights_mismatch
 from pnnunet.runtime.torch_checkpoint import read_torch_checkpoint
 from pnnunet.runtime.upstream_weights import weights_from_upstream
 

@@ -39,8 +39,8 @@ from pnnunet.preprocessing.storage import list_cases
 from pnnunet.runtime import amp
 from pnnunet.runtime import checkpoints as ck
 from pnnunet.runtime import distributed as dist
+from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.device import import_paddle, is_out_of_memory
-from pnnunet.runtime.network import build_network
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.augmentation import make_batch_iterators

@@ -15,8 +15,8 @@ from pnnunet.inference import device_window
 from pnnunet.inference.sliding_window import predict_sliding_window
 from pnnunet.inference.static_graph import eager_predict_fn
 from pnnunet.runtime.amp import autocast_kwargs
+from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.device import is_out_of_memory
-from pnnunet.runtime.network import build_network
 
 
 def _plan(dim: int) -> dict:

@@ -11,7 +11,7 @@ import pytest
 paddle = pytest.importorskip("paddle")
 
 from pnnunet.inference import static_graph as sg
-from pnnunet.runtime.network import build_network
+from pnnunet.runtime.architectures import build_network
 
 
 def _plan(dim: int, strides, features=(4, 8, 8)) -> dict:

@@ -8,7 +8,8 @@ import paddle
 import pytest
 
 from pnnunet.errors import PnnunetError
-from pnnunet.runtime.network import PlainConvUNet, build_network, conv_dim_from_op, he_std
+from pnnunet.runtime.architectures import build_network
+from pnnunet.runtime.network import PlainConvUNet, conv_dim_from_op, he_std
 from tests.conftest import UPSTREAM_HIPPO, require
 
 
@@ -160,8 +161,9 @@ def test_bad_plans_raise_clear_errors():
     with pytest.raises(PnnunetError, match="arch_kwargs"):
         build_network({"patch_size": [8, 8]}, 1, 2)
     cfg = tiny_config("Conv2d", [[3, 3]] * 2, [[1, 1], [2, 2]], [4, 8], [1, 1], [1])
-    cfg["architecture"]["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-    with pytest.raises(PnnunetError, match="ResidualEncoderUNet"):
+    cfg["architecture"]["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualUNet"
+    with pytest.raises(PnnunetError, match="'dynamic_network_architectures.architectures.unet.ResidualUNet' is not "
+                                           "supported: pnnunet builds PlainConvUNet and ResidualEncoderUNet"):
         build_network(cfg, 1, 2)
     cfg = tiny_config("Conv2d", [[3, 3]] * 2, [[1, 1], [2, 2]], [4, 8], [1, 1, 1], [1])
     with pytest.raises(PnnunetError, match="n_conv_per_stage"):
@@ -172,7 +174,7 @@ def test_inference_mode_equals_training_mode_forward():
     """Without gradients the nonlinearity runs in place; the output must not change."""
     import paddle
 
-    from pnnunet.runtime.network import build_network
+    from pnnunet.runtime.architectures import build_network
 
     plan = {"patch_size": [16, 16, 16], "architecture": {"network_class_name": "PlainConvUNet", "arch_kwargs": {
         "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",

@@ -9,12 +9,12 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
+from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.onednn import capi, layers as fast_cpu
 from pnnunet.runtime.onednn.capi import OneDNNError
 from pnnunet.runtime.onednn.primitives import bf16_supported
 from pnnunet.training.deep_supervision import ds_weights
 from pnnunet.training.loss import DCandCELoss, DeepSupervisionLoss
-from pnnunet.runtime.network import build_network
 
 pytestmark = pytest.mark.skipif(not fast_cpu.onednn_available(), reason="oneDNN library not in this Paddle build")
 
