@@ -34,6 +34,8 @@ from pathlib import Path
 
 CONFIGS = ("3d_fullres", "2d")
 PLANS = "nnUNetPlansTiny"
+RESENC_PLANS = "nnUNetResEncUNetPlansTiny"
+MODELS = {"3d_fullres": (PLANS, "3d_fullres"), "2d": (PLANS, "2d"), "resenc_3d_fullres": (RESENC_PLANS, "3d_fullres")}
 TRAINER = "nnUNetTrainer"
 DATASET = "Dataset004_Hippocampus"
 TEST_CASES = ("hippocampus_045", "hippocampus_048")
@@ -57,6 +59,19 @@ def tiny_plans(plans: dict) -> dict:
     return plans
 
 
+def tiny_resenc_plans(tiny: dict) -> dict:
+    """The tiny 3d_fullres plan with upstream's ResidualEncoderUNet (1/2/2 blocks, 1 decoder conv per stage)."""
+    plans = json.loads(json.dumps(tiny))
+    plans["plans_name"] = RESENC_PLANS
+    plans["configurations"] = {"3d_fullres": plans["configurations"]["3d_fullres"]}
+    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    kw = arch["arch_kwargs"]
+    kw.pop("n_conv_per_stage")
+    kw.update(n_blocks_per_stage=[1, 2, 2], n_conv_per_stage_decoder=[1, 1])
+    return plans
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sample", type=Path, required=True)
@@ -64,6 +79,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/upstream_model_fixtures"))
     ap.add_argument("--reuse", action="store_true", help="keep the converted and preprocessed data of --work")
     ap.add_argument("--steps", type=int, default=20, help="SGD steps per configuration (upstream's train_step)")
+    ap.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(MODELS))
     ap.add_argument("--validate", action="store_true", help="also run upstream's final validation and "
                     "nnUNetv2_find_best_configuration (inference_information.json, postprocessing.pkl)")
     args = ap.parse_args()
@@ -71,8 +87,9 @@ def main() -> None:
     reuse = args.reuse and (work / "pre" / DATASET / "nnUNetPlans.json").is_file()
     if work.exists() and not reuse:
         shutil.rmtree(work)
-    for stale in ("res", "test_inputs"):
-        shutil.rmtree(work / stale, ignore_errors=True)
+    shutil.rmtree(work / "test_inputs", ignore_errors=True)
+    if not reuse:
+        shutil.rmtree(work / "res", ignore_errors=True)
     env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "pre"),
                nnUNet_results=str(work / "res"), nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1", OMP_NUM_THREADS="2")
     os.environ.update(env, nnUNet_n_proc_DA="0")  # training in this process: augmentation without workers
@@ -92,9 +109,13 @@ def main() -> None:
     pre = work / "pre" / DATASET
     plans = tiny_plans(json.loads((pre / "nnUNetPlans.json").read_text()))
     (pre / f"{PLANS}.json").write_text(json.dumps(plans, indent=4))
+    all_plans = {PLANS: plans, RESENC_PLANS: tiny_resenc_plans(plans)}
+    (pre / f"{RESENC_PLANS}.json").write_text(json.dumps(all_plans[RESENC_PLANS], indent=4))
     dataset_json = json.loads((pre / "dataset.json").read_text())
     trainers = {}
-    for cfg in CONFIGS:
+    for tag in args.models:
+        plans_name, cfg = MODELS[tag]
+        plans = all_plans[plans_name]
         torch.manual_seed(1234)
         rs = np.random.RandomState(1234)
         # nnUNetv2_train's run_training sets (and the trainer pops) continue_training
@@ -102,11 +123,27 @@ def main() -> None:
                                 device=torch.device("cpu"))
         trainer.enable_deep_supervision = False  # one output: the steps below need no downsampled targets
         trainer.initialize()
+        # set in get_dataloaders by nnUNetTrainer's own loop: the axes TTA may mirror, saved in the checkpoint
+        trainer.inference_allowed_mirroring_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[3]
         dataset_tr, _ = trainer.get_tr_and_val_datasets()
         keys = sorted(dataset_tr.identifiers)
         patch = trainer.configuration_manager.patch_size
         t0 = time.time()
         os.makedirs(trainer.output_folder, exist_ok=True)
+        # what nnUNetTrainer.on_train_start copies into the model folder
+        base = Path(trainer.output_folder_base)
+        (base / "plans.json").write_text(json.dumps(plans, indent=4))
+        shutil.copy(pre / "dataset.json", base / "dataset.json")
+        shutil.copy(pre / "dataset_fingerprint.json", base / "dataset_fingerprint.json")
+        trainers[tag] = trainer
+        if reuse and (Path(trainer.output_folder) / "checkpoint_final.pth").is_file():
+            print(f"{tag}: reusing {trainer.output_folder}/checkpoint_final.pth", flush=True)
+            for name in ("checkpoint_best.pth", "checkpoint_final.pth"):  # saved again with the mirroring axes
+                axes = trainer.inference_allowed_mirroring_axes
+                trainer.load_checkpoint(os.path.join(trainer.output_folder, name))
+                trainer.inference_allowed_mirroring_axes = axes
+                trainer.save_checkpoint(os.path.join(trainer.output_folder, name))
+            continue
         for step in range(args.steps):
             datas, segs = [], []
             for key in rs.choice(keys, 2, replace=False):
@@ -127,20 +164,20 @@ def main() -> None:
                 trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_best.pth"))
         trainer.current_epoch = 0
         trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
-        print(f"trained {cfg}: {args.steps} SGD steps in {time.time() - t0:.0f} s", flush=True)
-        trainers[cfg] = trainer
+        print(f"trained {tag}: {args.steps} SGD steps in {time.time() - t0:.0f} s", flush=True)
     res = work / "res" / DATASET
     out = args.out.resolve() / DATASET
-    if out.exists():
-        shutil.rmtree(out)
     inputs = work / "test_inputs"
     inputs.mkdir()
     for case in TEST_CASES:
         shutil.copy(work / "raw" / DATASET / "imagesTs" / f"{case}_0000.nii.gz", inputs)
-    arrays = {}
-    for cfg in CONFIGS:
-        name = f"{TRAINER}__{PLANS}__{cfg}"
+    logits_file = args.out.resolve() / "predictions" / "upstream_logits.npz"
+    arrays = dict(np.load(logits_file)) if logits_file.is_file() else {}
+    for tag in args.models:
+        plans_name, cfg = MODELS[tag]
+        name = f"{TRAINER}__{plans_name}__{cfg}"
         src, dst = res / name, out / name
+        shutil.rmtree(dst, ignore_errors=True)
         (dst / "fold_0").mkdir(parents=True)
         for f in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
             shutil.copy(src / f, dst / f)
@@ -151,9 +188,10 @@ def main() -> None:
                                     perform_everything_on_device=False, device=torch.device("cpu"),
                                     verbose=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(src), use_folds=(0,), checkpoint_name="checkpoint_final.pth")
-        pred_dir = args.out.resolve() / "predictions" / cfg
+        pred_dir = args.out.resolve() / "predictions" / tag
         if pred_dir.exists():
             shutil.rmtree(pred_dir)
+        pred_dir.mkdir(parents=True)
         predictor.predict_from_files_sequential(str(inputs), str(pred_dir), save_probabilities=True, overwrite=True)
         for f in pred_dir.glob("*.pkl"):
             f.unlink()  # upstream's pickled properties: not needed, and pickles are not committed
@@ -162,9 +200,9 @@ def main() -> None:
                                            predictor.plans_manager, predictor.configuration_manager,
                                            predictor.dataset_json)
         logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float().numpy()
-        arrays[f"{cfg}/data"] = data.astype(np.float32)
-        arrays[f"{cfg}/logits"] = logits.astype(np.float32)
-    np.savez_compressed(args.out.resolve() / "predictions" / "upstream_logits.npz", **arrays)
+        arrays[f"{tag}/data"] = data.astype(np.float32)
+        arrays[f"{tag}/logits"] = logits.astype(np.float32)
+    np.savez_compressed(logits_file, **arrays)
     if args.validate:  # upstream's final validation, then find_best_configuration
         for cfg in CONFIGS:
             trainers[cfg].perform_actual_validation(save_probabilities=False)
@@ -177,7 +215,8 @@ def main() -> None:
             for f in ("postprocessing.pkl", "postprocessing.json", "summary.json"):
                 if (folder / f).is_file():
                     shutil.copy(folder / f, dst / f)
-    import nnunetv2  # noqa: F401
+    from importlib.metadata import version
+
     (args.out.resolve() / "made_with.json").write_text(json.dumps(
         {"nnunetv2": version("nnunetv2"), "torch": torch.__version__, "numpy": np.__version__,
          "date": time.strftime("%Y-%m-%d"), "test_cases": list(TEST_CASES)}, indent=1))

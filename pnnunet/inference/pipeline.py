@@ -84,11 +84,11 @@ class PredictionResult:
 
 
 def _relocated(recorded: str, results_dataset: Path) -> Path:
-    """A file named in an instructions file, found in this results folder if it was written elsewhere
-    (upstream records absolute paths of the machine it ran on): ``<model or ensemble>/<crossval>/<file>``."""
+    """A file named in an instructions file: ``<model or ensemble>/<crossval>/<file>`` of this results folder
+    first (upstream records absolute paths of the machine it ran on), else the path as recorded."""
     path = Path(recorded)
-    candidates = ([path] if path.is_absolute() else [results_dataset / path, path]) + \
-        [results_dataset.joinpath(*path.parts[-3:])]
+    candidates = [results_dataset.joinpath(*path.parts[-3:])] + ([path] if path.is_absolute() else
+                                                                 [results_dataset / path, path])
     return next((c for c in candidates if c.is_file()), path)
 
 

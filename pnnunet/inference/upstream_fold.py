@@ -120,10 +120,16 @@ def load_upstream_fold(pth: Path, plan_configuration: dict, num_input_channels: 
         log.info("%s: trainer %s is not nnU-Net's own nnUNetTrainer: predicting with the network its plans.json "
                  "describes", pth, ckpt["trainer_name"])
     for target in reversed(targets):  # the user's cache folder first, when given
+        created = not target.parent.exists()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(target, ckpt)
         except OSError:
+            if created:  # leave the model folder as it was
+                try:
+                    target.parent.rmdir()
+                except OSError:
+                    pass
             continue
         log.info("converted %s (nnU-Net v2) to %s", pth, target)
         return ckpt, target
