@@ -21,6 +21,9 @@ CHECKPOINT_SUFFIX = ".pdparams"
 UPSTREAM_CHECKPOINT_SUFFIX = ".pth"
 
 INFORMATION_FILE = "inference_instructions.json"   # upstream: inference_information.json
+UPSTREAM_INFORMATION_FILE = "inference_information.json"
+UPSTREAM_TRAINER = "nnUNetTrainer"  # upstream nnU-Net v2's default trainer and plans names
+UPSTREAM_PLANS = "nnUNetPlans"
 INSTRUCTIONS_TEXT_FILE = "inference_instructions.txt"
 POSTPROCESSING_FILE = "postprocessing.json"
 SPLITS_FILE = "splits_final.json"

@@ -3,7 +3,10 @@
 Which model: ``-m MODEL_DIR``; else ``-c`` (with ``-tr``/``-p``) in the dataset's results folder;
 else the choice of ``pnnunet_find_best_config`` (``inference_instructions.json``: one model,
 or an ensemble predicted member by member with probabilities and averaged, then its
-postprocessing); else the only trained configuration (said so).
+postprocessing; upstream's ``inference_information.json`` too); else the only trained
+configuration (said so). Model folders trained by upstream nnU-Net v2 predict as they are.
+
+``pnnunet_predict_from_modelfolder -i -o -m MODEL_DIR`` is upstream's name for the ``-m`` form.
 """
 
 from __future__ import annotations
@@ -24,24 +27,32 @@ from pnnunet.paths import env_int
 from pnnunet.runtime.device import import_paddle
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pnnunet_predict",
+def _parser(from_modelfolder: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pnnunet_predict_from_modelfolder" if from_modelfolder else "pnnunet_predict",
                                 description="Segment every case of an input folder with a trained model (the "
                                             "folds' logits averaged, mirroring test-time augmentation) and write "
-                                            "the segmentations in the input's geometry.")
+                                            "the segmentations in the input's geometry. Model folders trained by "
+                                            "nnU-Net v2 (fold_K/checkpoint_final.pth) work as they are.")
     p.add_argument("-i", dest="input", required=True, type=Path,
                    help="input folder: CASE_0000.nii.gz, CASE_0001.nii.gz, ... (one file per channel; a "
                         "single-channel model also takes CASE.nii.gz), or a DICOM folder or .zip (every image "
                         "series becomes a case, as pnnunet_convert_dicom)")
     p.add_argument("-o", dest="output", required=True, type=Path, help="output folder (created)")
-    add_dataset_arg(p)
-    p.add_argument("-c", dest="configuration", default=None,
-                   help="configuration (2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres). Default: the choice of "
-                        "pnnunet_find_best_config, else the only trained configuration")
-    p.add_argument("-p", dest="plans", default=None, help=f"plans name (default {DEFAULT_PLANS})")
-    p.add_argument("-tr", dest="trainer", default=None, help=f"trainer (default {DEFAULT_TRAINER})")
-    p.add_argument("-m", dest="model_dir", type=Path, default=None,
-                   help="a model folder <Trainer>__<Plans>__<config> (instead of -d/-c/-tr/-p)")
+    if from_modelfolder:
+        p.add_argument("-m", dest="model_dir", type=Path, required=True,
+                       help="a model folder <Trainer>__<Plans>__<config> (pnnunet's or nnU-Net v2's)")
+    else:
+        add_dataset_arg(p)
+        p.add_argument("-c", dest="configuration", default=None,
+                       help="configuration (2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres). Default: the choice of "
+                            "pnnunet_find_best_config, else the only trained configuration")
+        p.add_argument("-p", dest="plans", default=None,
+                       help=f"plans name (default {DEFAULT_PLANS}, else nnU-Net's nnUNetPlans)")
+        p.add_argument("-tr", dest="trainer", default=None,
+                       help=f"trainer (default {DEFAULT_TRAINER}, else nnU-Net's nnUNetTrainer)")
+        p.add_argument("-m", dest="model_dir", type=Path, default=None,
+                       help="a model folder <Trainer>__<Plans>__<config>, pnnunet's or nnU-Net v2's (instead of "
+                            "-d/-c/-tr/-p)")
     p.add_argument("-f", dest="folds", nargs="+", default=None,
                    help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every trained fold)")
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final",
@@ -80,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom_seg", "--dicom-seg", action="store_true",
                    help="DICOM input only: also write CASE_seg.dcm, a DICOM-SEG referencing the source series "
                         '(needs pip install "pnnunet[dicom]")')
+    p.add_argument("--cache_dir", "--cache-dir", type=Path, default=None,
+                   help="nnU-Net v2 models: where their .pth checkpoints are converted (once) when the model folder "
+                        "is read-only (default: env pnnunet_cache_dir; else beside each checkpoint, fold_K/pnnunet/)")
     p.add_argument("--disable_progress_bar", "--no_pbar", "--no-pbar", dest="no_pbar", action="store_true")
     p.add_argument("--verbose", action="store_true")
     return p
@@ -110,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
                                                                                 default_num_processes(3)),
         num_export_workers=args.nps if args.nps is not None else env_int("pnnunet_nps", default_num_processes(3)),
         previous_stage_predictions=args.prev_stage_predictions, progress=not args.no_pbar,
-        part=(args.part_id, args.num_parts))
+        part=(args.part_id, args.num_parts), cache_dir=args.cache_dir)
     if args.model_dir is not None:
         choice = pipeline.ModelChoice((args.model_dir,))
     else:
@@ -136,6 +150,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_run, _parser(), argv)
+
+
+def main_from_modelfolder(argv: Sequence[str] | None = None) -> int:
+    """``pnnunet_predict_from_modelfolder``: upstream's command name for ``pnnunet_predict -m``."""
+    return run_cli(_run, _parser(from_modelfolder=True), argv)
 
 
 if __name__ == "__main__":

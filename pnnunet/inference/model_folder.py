@@ -8,6 +8,9 @@ Layout (DESIGN "Data on disk")::
 Folds default to every ``fold_*`` that has the checkpoint (``fold_all`` included). The
 configuration, trainer name and mirror axes come from the checkpoints; each fold's network weights
 are kept in memory as numpy arrays (the optimizer state is dropped).
+
+A folder trained by upstream nnU-Net v2 (``fold_K/checkpoint_final.pth``, plans with torch class
+strings) loads the same way: each ``.pth`` is converted once (:mod:`pnnunet.inference.upstream_fold`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from pnnunet.dataset.labels import LabelInfo
-from pnnunet.defaults import (CHECKPOINT_SUFFIX, DEFAULT_CHECKPOINT, Fold, checkpoint_stem, fold_sort_key,
-                              parse_fold, parse_model_dir_name)
+from pnnunet.defaults import (CHECKPOINT_SUFFIX, DEFAULT_CHECKPOINT, UPSTREAM_CHECKPOINT_SUFFIX, Fold,
+                              checkpoint_stem, fold_sort_key, parse_fold, parse_model_dir_name)
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json
+from pnnunet.inference.upstream_fold import load_upstream_fold, upstream_checkpoint
 from pnnunet.plans import ConfigurationPlan, load_plans, resolve_configuration
 from pnnunet.preprocessing.previous_stage import num_network_inputs
 from pnnunet.runtime.checkpoints import load_checkpoint, plan_mismatch
@@ -41,7 +45,8 @@ class FoldModel:
     Attributes
     ----------
     fold : 0, 1, ... or ``"all"``
-    checkpoint_path : ``fold_K/<checkpoint>.pdparams``
+    checkpoint_path : ``fold_K/<checkpoint>.pdparams`` (an upstream fold: its conversion, see
+        :func:`~pnnunet.inference.upstream_fold.load_upstream_fold`)
     weights : structured parameter name → float32 numpy array (``network.state_dict()`` keys)
     mirror_axes : spatial axes the network may be mirrored along at test time (from the checkpoint)
     """
@@ -95,14 +100,19 @@ class ModelFolder:
 
 
 
+def _has_checkpoint(fold_dir: Path, stem: str) -> bool:
+    return (fold_dir / (stem + CHECKPOINT_SUFFIX)).is_file() or upstream_checkpoint(fold_dir, stem).is_file()
+
+
 def find_trained_folds(model_dir: Path | str, checkpoint: str = DEFAULT_CHECKPOINT) -> list[Fold]:
-    """Folds of ``model_dir`` whose ``fold_K/<checkpoint>.pdparams`` exists (numbers sorted, ``all`` last)."""
+    """Folds of ``model_dir`` whose ``fold_K/<checkpoint>.pdparams`` (or upstream's ``.pth``) exists
+    (numbers sorted, ``all`` last)."""
     model_dir = Path(model_dir)
     stem = checkpoint_stem(checkpoint)
     if not model_dir.is_dir():
         return []
     folds = [parse_fold(m["fold"]) for p in model_dir.iterdir()
-             if p.is_dir() and (m := _FOLD_DIR.fullmatch(p.name)) and (p / (stem + CHECKPOINT_SUFFIX)).is_file()]
+             if p.is_dir() and (m := _FOLD_DIR.fullmatch(p.name)) and _has_checkpoint(p, stem)]
     return sorted(folds, key=fold_sort_key)
 
 
@@ -116,7 +126,8 @@ def trained_model_dirs(dataset_results_dir: Path | str, checkpoint: str = DEFAUL
 
 
 def _no_fold_error(model_dir: Path, stem: str) -> PnnunetError:
-    others = sorted(f"{p.parent.name}/{p.name}" for p in model_dir.glob(f"fold_*/*{CHECKPOINT_SUFFIX}"))
+    others = sorted(f"{p.parent.name}/{p.name}" for suffix in (CHECKPOINT_SUFFIX, UPSTREAM_CHECKPOINT_SUFFIX)
+                    for p in model_dir.glob(f"fold_*/*{suffix}"))
     found = f" (found: {', '.join(others)})" if others else ""
     return PnnunetError(f"{model_dir}: no fold has {stem}{CHECKPOINT_SUFFIX}{found}\n"
                         f"  fix: train a fold first (pnnunet_train CONFIG FOLD), let training finish, or choose "
@@ -147,7 +158,8 @@ def default_mirror_axes(patch_size: Sequence[int]) -> tuple[int, ...]:
 
 
 def load_model_folder(model_dir: Path | str, folds: Sequence[Fold] | None = None,
-                      checkpoint: str = DEFAULT_CHECKPOINT, configuration: str | None = None) -> ModelFolder:
+                      checkpoint: str = DEFAULT_CHECKPOINT, configuration: str | None = None,
+                      cache_dir: Path | str | None = None) -> ModelFolder:
     """Load a trained model folder (reference §7.1).
 
     Parameters
@@ -157,6 +169,8 @@ def load_model_folder(model_dir: Path | str, folds: Sequence[Fold] | None = None
     checkpoint : ``checkpoint_final`` (default), ``checkpoint_best``, ``checkpoint_latest``
         (``.pdparams`` / upstream ``.pth`` suffixes are accepted and dropped)
     configuration : expected configuration; None: the one in the folder name
+    cache_dir : where upstream folds are converted when the model folder is read-only (default: env
+        ``pnnunet_cache_dir``; see :mod:`pnnunet.inference.upstream_fold`)
 
     Returns
     -------
@@ -165,7 +179,8 @@ def load_model_folder(model_dir: Path | str, folds: Sequence[Fold] | None = None
     Raises
     ------
     PnnunetError : missing folder, plans.json or dataset.json; no trained fold; a requested fold
-        without the checkpoint; a checkpoint made for another configuration or plan.
+        without the checkpoint; a checkpoint made for another configuration or plan; an upstream
+        ``.pth`` that is refused, unreadable, or whose weights do not fit the plans' network.
     """
     model_dir = Path(model_dir).expanduser().resolve()
     if not model_dir.is_dir():
@@ -192,15 +207,22 @@ def load_model_folder(model_dir: Path | str, folds: Sequence[Fold] | None = None
     folds = [parse_fold(f) for f in folds]
     if len(set(folds)) != len(folds):
         raise PnnunetError(f"folds {folds} name a fold twice\n  fix: list each fold once")
-    patch = resolve_configuration(plans, configuration)["patch_size"]
+    plan_configuration = resolve_configuration(plans, configuration)
+    patch = plan_configuration["patch_size"]
     loaded = []
     for fold in folds:
         path = model_dir / f"fold_{fold}" / (stem + CHECKPOINT_SUFFIX)
-        if not path.is_file():
+        pth = upstream_checkpoint(path.parent, stem)
+        if not path.is_file() and not pth.is_file():
             trained = find_trained_folds(model_dir, stem)
             raise PnnunetError(f"{path}: not found (fold {fold} has no {stem})\n  fix: train fold {fold}, or "
                                f"choose among the trained folds {trained or 'none'} with -f")
-        ckpt = load_checkpoint(path)
+        if path.is_file():
+            ckpt = load_checkpoint(path)
+        else:
+            labels = LabelInfo.from_dataset_json(dataset_json, dataset_file)
+            n_in = num_network_inputs(dataset_json, ConfigurationPlan.from_plans(plans, configuration).previous_stage)
+            ckpt, path = load_upstream_fold(pth, plan_configuration, n_in, labels.num_segmentation_heads, cache_dir)
         _check_checkpoint(ckpt, path, configuration, plans)
         axes = ckpt.get("inference_allowed_mirroring_axes")
         axes = default_mirror_axes(patch) if axes is None else tuple(int(a) for a in axes)

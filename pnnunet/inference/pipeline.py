@@ -2,7 +2,9 @@
 
 Which model: :func:`choose_models` takes an explicit configuration, else the choice of
 ``pnnunet_find_best_config`` (``inference_instructions.json``: one model or an ensemble, plus its
-postprocessing), else the only trained model. :func:`predict_folder` then predicts with it: a
+postprocessing; or upstream's ``inference_information.json``), else the only trained model. Model
+folders trained by upstream nnU-Net v2 are found the same way (with upstream's default trainer and
+plans names when ``-tr``/``-p`` are not given and no pnnunet folder has the configuration). :func:`predict_folder` then predicts with it: a
 cascade stage predicts its previous stage first (unless given its predictions), an ensemble is
 predicted member by member with probabilities and averaged, and the postprocessing is applied.
 Messages go to the ``pnnunet`` logger; the result says what was done.
@@ -17,12 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pnnunet.defaults import (DEFAULT_CHECKPOINT, DEFAULT_PLANS, DEFAULT_TRAINER, INFORMATION_FILE, Fold,
-                              checkpoint_stem, model_dir_name, parse_fold, parse_model_dir_name, sibling_model_dir)
+from pnnunet.defaults import (DEFAULT_CHECKPOINT, DEFAULT_PLANS, DEFAULT_TRAINER, INFORMATION_FILE,
+                              UPSTREAM_INFORMATION_FILE, UPSTREAM_PLANS, UPSTREAM_TRAINER, Fold, checkpoint_stem,
+                              model_dir_name, parse_fold, parse_model_dir_name, sibling_model_dir)
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json
 from pnnunet.inference.ensemble import ensemble_folders
-from pnnunet.inference.model_folder import load_model_folder, trained_model_dirs
+from pnnunet.inference.model_folder import find_trained_folds, load_model_folder, trained_model_dirs
 from pnnunet.inference.predictor import Predictor, check_part, claim_output_folder
 from pnnunet.postprocessing.apply import apply_postprocessing_to_folder
 
@@ -36,6 +39,7 @@ class ModelChoice:
     model_dirs: tuple[Path, ...]
     postprocessing_file: Path | None = None
     folds: tuple[Fold, ...] | None = None  # None: every trained fold
+    source: str | None = None  # the instructions file the choice follows
 
     def describe(self) -> str:
         names = " + ".join(m.name for m in self.model_dirs)
@@ -63,6 +67,7 @@ class PredictionSettings:
     progress: bool = True
     part: tuple[int, int] = (0, 1)  # (part_id, num_parts): predict sorted cases [part_id::num_parts]
     on_progress: Callable[[dict], None] | None = None  # a front end's progress (Predictor's ``on_progress``)
+    cache_dir: Path | None = None  # where upstream folds are converted when their model folder is read-only
 
     def __post_init__(self):
         if self.num_preprocessing_workers < 0 or self.num_export_workers < 0:
@@ -79,9 +84,19 @@ class PredictionResult:
     steps: list[str] = field(default_factory=list)  # "ensembled ...", "postprocessed"
 
 
+def _relocated(recorded: str, results_dataset: Path) -> Path:
+    """A file named in an instructions file: ``<model or ensemble>/<crossval>/<file>`` of this results folder
+    first (upstream records absolute paths of the machine it ran on), else the path as recorded."""
+    path = Path(recorded)
+    candidates = [results_dataset.joinpath(*path.parts[-3:])] + ([path] if path.is_absolute() else
+                                                                 [results_dataset / path, path])
+    return next((c for c in candidates if c.is_file()), path)
+
+
 def _from_instructions(results_dataset: Path) -> ModelChoice | None:
-    path = results_dataset / INFORMATION_FILE
-    if not path.is_file():
+    path = next((results_dataset / f for f in (INFORMATION_FILE, UPSTREAM_INFORMATION_FILE)
+                 if (results_dataset / f).is_file()), None)
+    if path is None:
         return None
     try:
         info = load_json(path)
@@ -95,7 +110,8 @@ def _from_instructions(results_dataset: Path) -> ModelChoice | None:
         raise PnnunetError(f"{path}: selects no model\n  fix: re-run pnnunet_find_best_config, or pass -c")
     pp = best.get("postprocessing_file")
     folds = info.get("folds")
-    return ModelChoice(models, Path(pp) if pp else None, tuple(parse_fold(f) for f in folds) if folds else None)
+    return ModelChoice(models, _relocated(pp, results_dataset) if pp else None,
+                       tuple(parse_fold(f) for f in folds) if folds else None, path.name)
 
 
 def _only_trained(results_dataset: Path, trainer: str | None, plans: str | None, checkpoint: str) -> Path:
@@ -114,21 +130,34 @@ def _only_trained(results_dataset: Path, trainer: str | None, plans: str | None,
                        f"{INFORMATION_FILE}\n  fix: pass -c (and -tr/-p), or run pnnunet_find_best_config")
 
 
+def _configured(results_dataset: Path, configuration: str, trainer: str | None, plans: str | None,
+                checkpoint: str) -> Path:
+    """The model folder of ``configuration``: pnnunet's default trainer/plans names for those not given,
+    else upstream's (``nnUNetTrainer``, ``nnUNetPlans``) if only that folder is trained."""
+    ours = results_dataset / model_dir_name(trainer or DEFAULT_TRAINER, plans or DEFAULT_PLANS, configuration)
+    if (trainer is None or plans is None) and not find_trained_folds(ours, checkpoint):
+        theirs = results_dataset / model_dir_name(trainer or UPSTREAM_TRAINER, plans or UPSTREAM_PLANS, configuration)
+        if find_trained_folds(theirs, checkpoint):
+            log.info("pnnunet: using %s (nnU-Net's default trainer/plans names; %s has no trained fold)",
+                     theirs.name, ours.name)
+            return theirs
+    return ours
+
+
 def choose_models(results_dataset: Path, configuration: str | None = None, trainer: str | None = None,
                   plans: str | None = None, checkpoint: str = DEFAULT_CHECKPOINT) -> ModelChoice:
     """The model(s) of a dataset's results folder to predict with (see the module docstring)."""
     if configuration is not None:
-        return ModelChoice((results_dataset / model_dir_name(trainer or DEFAULT_TRAINER, plans or DEFAULT_PLANS,
-                                                             configuration),))
+        return ModelChoice((_configured(results_dataset, configuration, trainer, plans, checkpoint),))
     chosen = _from_instructions(results_dataset)
     if chosen is not None:
-        log.info("pnnunet: following %s: %s", results_dataset / INFORMATION_FILE, chosen.describe())
+        log.info("pnnunet: following %s: %s", results_dataset / chosen.source, chosen.describe())
         return chosen
     return ModelChoice((_only_trained(results_dataset, trainer, plans, checkpoint),))
 
 
 def _predictor(model_dir: Path, folds, settings: PredictionSettings) -> Predictor:
-    model = load_model_folder(model_dir, folds, settings.checkpoint)
+    model = load_model_folder(model_dir, folds, settings.checkpoint, cache_dir=settings.cache_dir)
     return Predictor(model, device=settings.device, use_tta=settings.use_tta, step_size=settings.step_size,
                      tile_batch_size=settings.tile_batch_size, use_static_graph=settings.use_static_graph,
                      progress=settings.progress, precision=settings.precision, on_progress=settings.on_progress)

@@ -4,14 +4,17 @@ A recipe is the ordered list of operations accepted by :func:`pnnunet.postproces
 determine_postprocessing`, stored as ``postprocessing_fns`` (names) and ``postprocessing_kwargs``
 in ``postprocessing.json``. The operations are applied in order to each segmentation file.
 
-DEVIATION(nnU-Net §8.4): upstream applies ``postprocessing.pkl`` (pickled functions); pnnunet reads
-the JSON file only (no pickle). Upstream's own ``postprocessing.json`` has the same two keys and is
-accepted as it is.
+Upstream applies ``postprocessing.pkl`` (a pickled tuple of function references and kwargs) and
+writes the same decision to ``postprocessing.json``, which has the same two keys and is accepted as
+it is. A ``.pkl`` is read as the JSON beside it if there is one; else with a restricted unpickler
+that resolves nothing but upstream's postprocessing functions (anything else is refused).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from pnnunet.dataset.folders import check_distinct_folders, resolve_io, segmenta
 from pnnunet.imageio import ImageIO
 from pnnunet.parallel import map_in_pool
 from pnnunet.postprocessing.components import PP_FN_NAME, remove_all_but_largest_component
+from pnnunet.safe_pickle import AllowListUnpickler
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +74,34 @@ def steps_from_json(pp: dict, source: Path | str = "postprocessing.json") -> lis
     return [PostprocessingStep(f, dict(k)) for f, k in zip(fns, kwargs)]
 
 
+_PICKLED_FUNCTIONS = {("nnunetv2.postprocessing.remove_connected_components", PP_FN_NAME): PP_FN_NAME}
+
+
+def _refuse(what: str) -> pickle.UnpicklingError:
+    return pickle.UnpicklingError(f"it refers to {what}, which a postprocessing file never needs; nothing was run")
+
+
+def _load_pickled(path: Path) -> dict:
+    """``{postprocessing_fns, postprocessing_kwargs}`` from upstream's ``postprocessing.pkl``."""
+    try:
+        fns, kwargs = AllowListUnpickler(io.BytesIO(path.read_bytes()), _PICKLED_FUNCTIONS, _refuse).load()
+        return {"postprocessing_fns": list(fns), "postprocessing_kwargs": [dict(k) for k in kwargs]}
+    except OSError as e:
+        raise DatasetError(path, f"cannot be read ({e.strerror or e})", "check the path") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise DatasetError(path, f"refused or not an nnU-Net postprocessing.pkl ({e})",
+                           "use the postprocessing.json beside it, or re-run pnnunet_find_best_config") from None
+
+
 def load_postprocessing(path: Path | str) -> list[PostprocessingStep]:
-    """Read the recipe of a ``postprocessing.json`` file (ours or upstream's; never a pickle)."""
+    """Read the recipe of a ``postprocessing.json`` file (ours or upstream's) or of upstream's
+    ``postprocessing.pkl`` (see the module docstring)."""
     path = Path(path)
     if path.suffix == ".pkl":
-        raise DatasetError(path, "is a pickle; pnnunet reads postprocessing recipes from JSON only",
-                           "pass the postprocessing.json beside it (upstream writes both files)")
+        beside = path.with_suffix(".json")
+        if not beside.is_file():
+            return steps_from_json(_load_pickled(path), path)
+        path = beside
     pp = read_json_file(path, "run pnnunet_find_best_config first", "postprocessing file")
     return steps_from_json(pp, path)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pnnunet.errors import PnnunetError
+from pnnunet.safe_pickle import AllowListUnpickler
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -36,24 +37,13 @@ REQUIRED_KEYS = ("spacing", "shape_before_cropping", "bbox_used_for_cropping",
 LOCATIONS_KEY = "class_locations"
 
 
-class _PropertiesUnpickler(pickle.Unpickler):
-    def __init__(self, file, path: Path):
-        super().__init__(file)
-        self.path = path
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise PnnunetError(
-                f"{self.path}: refers to the Python object {module}.{name}, which an nnU-Net properties file never "
-                "needs, so it was not loaded (nothing in it was run); the file is not from nnU-Net's preprocessing "
-                "or was tampered with\n  fix: preprocess the dataset again (pnnunet_plan_and_preprocess) instead of "
-                "using this folder") from None
-
-    def persistent_load(self, pid):
-        raise PnnunetError(f"{self.path}: uses pickle persistent ids, which nnU-Net properties files never do\n"
-                           "  fix: preprocess the dataset again (pnnunet_plan_and_preprocess)")
+def _refusal(path: Path):
+    def refuse(what: str) -> PnnunetError:
+        return PnnunetError(
+            f"{path}: refers to {what}, which an nnU-Net properties file never needs, so it was not loaded "
+            "(nothing in it was run); the file is not from nnU-Net's preprocessing or was tampered with\n"
+            "  fix: preprocess the dataset again (pnnunet_plan_and_preprocess) instead of using this folder")
+    return refuse
 
 
 def _plain(value):
@@ -109,7 +99,7 @@ def load_upstream_properties(path: Path | str) -> dict:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            props = _PropertiesUnpickler(f, path).load()
+            props = AllowListUnpickler(f, _ALLOWED_GLOBALS, _refusal(path)).load()
     except PnnunetError:
         raise
     except Exception as e:  # truncated or not a pickle

@@ -350,19 +350,29 @@ def recompute_encoder_stages(network: nn.Layer, stages: int) -> int:
     return count
 
 
+def weights_mismatch(network, weights: dict) -> str | None:
+    """How ``weights`` (name → array) fail to fit ``network`` exactly (missing, unexpected, wrong-shape
+    names, a few of each with the shapes), or None when they fit."""
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(weights) if tuple(np.shape(weights[k])) != expected[k])
+    if not (missing or unexpected or wrong):
+        return None
+    wrong = [f"{k} {list(np.shape(weights[k]))} vs {list(expected[k])}" for k in wrong]
+    parts = [f"{name}: {keys[:3]}{' ...' if len(keys) > 3 else ''}" for name, keys in
+             (("missing", missing), ("unexpected", unexpected), ("wrong shape (checkpoint vs plan)", wrong)) if keys]
+    return "; ".join(parts)
+
+
 def load_weights(network, weights: dict) -> None:
     """Load numpy ``weights`` into ``network``; keys and shapes must match exactly.
 
     Paddle's ``set_state_dict`` only warns about mismatches; a checkpoint of another architecture
     must fail loudly instead.
     """
-    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(weights) if tuple(np.shape(weights[k])) != expected[k])
-    if missing or unexpected or wrong:
-        parts = [f"{name}: {keys[:3]}{' ...' if len(keys) > 3 else ''}" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise PnnunetError("the checkpoint's weights do not fit the network of the plan (" + "; ".join(parts) +
+    problem = weights_mismatch(network, weights)
+    if problem is not None:
+        raise PnnunetError("the checkpoint's weights do not fit the network of the plan (" + problem +
                            ")\n  fix: use the plans.json the model was trained with")
     network.set_state_dict(weights)

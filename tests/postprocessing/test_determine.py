@@ -224,7 +224,7 @@ def test_apply_errors(tmp_path):
         apply_postprocessing_to_folder(pred_dir, pred_dir / ".." / "cv", pp_file)
     with pytest.raises(DatasetError, match="unknown postprocessing"):
         steps_from_json({"postprocessing_fns": ["fill_holes"], "postprocessing_kwargs": [{}]})
-    with pytest.raises(DatasetError, match="pickle"):
+    with pytest.raises(DatasetError, match="cannot be read"):
         load_postprocessing(tmp_path / "postprocessing.pkl")
     (tmp_path / "empty_gt").mkdir()
     with pytest.raises(DatasetError, match="no reference"):

@@ -1,0 +1,40 @@
+"""Reading pickles written by other tools without running their code: the one allow-list unpickler.
+
+A pickle can name any Python callable and have it called while loading. :class:`AllowListUnpickler`
+resolves exactly the globals of its allow-list (``(module, name)`` → the object to use, which need
+not be the named one) and refuses every other global, and every persistent id unless a subclass
+handles them, by raising the caller's error before anything of the file is called. Used for
+upstream nnU-Net's ``CASE.pkl`` properties, ``postprocessing.pkl`` and ``torch.save`` checkpoints.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+class AllowListUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only ``allowed`` globals.
+
+    Parameters
+    ----------
+    file : binary file object holding the pickle
+    allowed : ``(module, name)`` → object returned for that global
+    refuse : builds the exception raised for anything else, given a description such as
+        ``"the Python object os.system"``
+    """
+
+    def __init__(self, file, allowed: Mapping[tuple[str, str], Any], refuse: Callable[[str], Exception]):
+        super().__init__(file)
+        self._allowed = allowed
+        self._refuse = refuse
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise self._refuse(f"the Python object {module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise self._refuse(f"the persistent id {str(pid)[:80]!r}")
