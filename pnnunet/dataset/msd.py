@@ -30,9 +30,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from pnnunet.dataset.dataset_json import is_msd_dataset_json, load_dataset_json, validate_dataset_json
-from pnnunet.parallel import map_in_pool
 from pnnunet.errors import DatasetError, DatasetProblems, PnnunetError
 from pnnunet.fileio import load_json, read_json_file, write_json_atomic
+from pnnunet.imageio.completeness import check_complete
+from pnnunet.parallel import map_in_pool
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,7 @@ def split_image(src_file: Path, dst_dir: Path) -> list[Path]:
         return [dst]
     if dim != 4:
         raise DatasetError(src_file, f"has {dim} dimensions; MSD images are 3D or 4D", "check the file")
+    check_complete(src_file)  # SimpleITK would split a truncated file zero-filled
     img = sitk.ReadImage(str(src_file))
     arr = sitk.GetArrayFromImage(img)  # (c, z, y, x)
     spacing, origin = img.GetSpacing()[:3], img.GetOrigin()[:3]
@@ -251,6 +253,7 @@ def copy_label(src_file: Path, dst_file: Path) -> None:
     if reader.GetPixelID() in _INT_TYPES:
         shutil.copyfile(src_file, dst_file)
         return
+    check_complete(src_file)
     img = sitk.ReadImage(str(src_file))
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetError(src_file, "label map has vector pixels", "store one integer label per voxel")
