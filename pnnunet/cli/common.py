@@ -7,6 +7,7 @@ one-paragraph message and exit code 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -35,8 +36,21 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
+class MarkedFormatter(logging.Formatter):
+    """The message only, with ``warning: `` / ``error: `` in front of WARNING and ERROR records (and on each
+    continuation line indented), so a fallback or a skipped case stands out among the progress lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        if record.levelno >= logging.WARNING:
+            mark = "warning: " if record.levelno < logging.ERROR else "error: "
+            record = copy.copy(record)
+            record.message = mark + record.message.replace("\n", "\n" + " " * len(mark))
+        return super().formatMessage(record)
+
+
 def setup_logging(verbose: bool = False) -> logging.Logger:
-    """Print the records of the ``pnnunet`` logger (and its children) to stdout, message only.
+    """Print the records of the ``pnnunet`` logger (and its children) to stdout, message only (warnings
+    and errors marked, :class:`MarkedFormatter`).
 
     The ``pnnunet`` logger is configured itself (own handler, own level, no propagation), not the
     root logger: importing Paddle 2.6 sets the root logger's level to WARNING
@@ -48,7 +62,7 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
     for h in [h for h in logger.handlers if isinstance(h, _StdoutHandler)]:
         logger.removeHandler(h)
     handler = _StdoutHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(MarkedFormatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False

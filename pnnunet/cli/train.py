@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pnnunet.cli.common import add_dataset_arg, get_roots, run_cli
+from pnnunet.cli.common import MarkedFormatter, add_dataset_arg, get_roots, run_cli
 from pnnunet.dataset.resolve import resolve_dataset
 from pnnunet.defaults import DEFAULT_PLANS, DEFAULT_STEP_SIZE, DEFAULT_TRAINER, model_dir_name, parse_fold
+from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.paths import env_int
 from pnnunet.plans import load_plans
-from pnnunet.errors import PnnunetError
 from pnnunet.runtime import distributed as dist
 from pnnunet.runtime.device import gpu_count, import_paddle, parse_device, pick_device, set_cpu_threads
 from pnnunet.training.config import make_train_config
@@ -165,7 +165,7 @@ def add_training_log(path: Path) -> logging.Handler:
     The caller removes it from ``log`` and closes it.
     """
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.setFormatter(MarkedFormatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
     return handler
 

@@ -386,7 +386,7 @@ def convert_msd_dataset(src: Path, raw_root: Path, dataset_id: int | None = None
         _run_jobs(jobs, num_processes, what=f"conversion of {src.name}")
         write_json_atomic(tmp / "dataset.json", v2)
         write_json_atomic(tmp / MARKER, _marker(src, "msd"))
-    except BaseException:
+    except BaseException:  # also on Ctrl-C: remove the half-converted folder, then re-raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     target = _publish(tmp, target, src)
@@ -460,7 +460,7 @@ def import_dataset_folder(src: Path, raw_root: Path, dataset_id: int | None = No
         if fixed is not raw_dj:
             write_json_atomic(tmp / "dataset.json", fixed)
         write_json_atomic(tmp / MARKER, _marker(src, "v2"))
-    except BaseException:
+    except BaseException:  # also on Ctrl-C: remove the half-converted folder, then re-raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     target = _publish(tmp, target, src)
