@@ -85,6 +85,21 @@ def add_dataset_arg(parser: argparse.ArgumentParser, multiple: bool = False) -> 
                         help="dataset id to use when -d is a folder without a TaskXXX/DatasetXXX prefix")
 
 
+# count flags shared by several commands: argparse dest -> (the flag as the user writes it, smallest value)
+COUNT_FLAGS = {"np": ("-np", 1), "npfp": ("-npfp", 1), "npp": ("-npp", 0), "nps": ("-nps", 0),
+               "num_parts": ("-num_parts", 1), "part_id": ("-part_id", 0), "num_gpus": ("-num_gpus", 1),
+               "tile_batch_size": ("--tile_batch_size", 1)}
+
+
+def check_count_flags(args: argparse.Namespace) -> None:
+    """A :class:`PnnunetError` naming the flag when a process/part/batch count is below its minimum."""
+    for dest, (flag, minimum) in COUNT_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None and value < minimum:
+            raise PnnunetError(f"{flag} {value}: must be at least {minimum}\n  fix: give {flag} {max(minimum, 1)} "
+                               "or more" + (" (0 = work in the main process)" if minimum == 0 else ""))
+
+
 def run_cli(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
             argv: Sequence[str] | None) -> int:
     """Parse ``argv`` strictly, run ``body`` and turn user errors into exit code 1."""
@@ -94,6 +109,7 @@ def run_cli(body: Callable[[argparse.Namespace], int], parser: argparse.Argument
     saved = logger.level, logger.propagate, list(logger.handlers)
     setup_logging(getattr(args, "verbose", False))
     try:
+        check_count_flags(args)
         return body(args)
     except PnnunetError as e:
         print(f"pnnunet: error: {e}", file=sys.stderr)

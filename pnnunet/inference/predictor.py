@@ -34,12 +34,12 @@ import pnnunet
 from pnnunet.dataset.cases import get_inference_cases
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import PnnunetError
-from pnnunet.fileio import load_json, write_json_atomic
+from pnnunet.fileio import ensure_writable_folder, load_json, write_json_atomic
 from pnnunet.imageio import ImageIO, reader_writer_by_name, reader_writer_for
+from pnnunet.inference.case_predictor import CasePredictor
 from pnnunet.inference.export_prediction import export_prediction
 from pnnunet.inference.model_folder import DEFAULT_CHECKPOINT, Fold, ModelFolder, load_model_folder
 from pnnunet.inference.sliding_window import accumulation_dtype as check_accumulation_dtype
-from pnnunet.inference.case_predictor import CasePredictor
 from pnnunet.inference.static_graph import resolve_precision
 from pnnunet.parallel import call_picklable, single_thread_worker
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
@@ -188,7 +188,7 @@ def claim_output_folder(output_folder: Path | str, args: dict) -> None:
             raise PnnunetError(f"{output_folder}: holds predictions made with other settings ({detail})\n"
                                "  fix: predict into a new output folder, or delete the old predictions "
                                f"(including {PREDICT_ARGS_FILE}) first")
-    output_folder.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(output_folder)
     write_json_atomic(args_file, args)
 
 

@@ -22,10 +22,17 @@ from pnnunet.runtime.device import import_paddle, raise_if_out_of_memory
 PLAN_KEYS_CHECKED = ("patch_size", "spacing", "architecture", "normalization_schemes")
 
 
-def plan_mismatch(ckpt: dict, configuration: str, plans: dict) -> str | None:
-    """Why ``ckpt`` was not made for ``configuration`` of ``plans`` (None when it was, or when the
-    checkpoint does not say): the one compatibility check of training (``--c``) and prediction."""
+def plan_mismatch(ckpt: dict, configuration: str, plans: dict, dataset_json: dict | None = None) -> str | None:
+    """Why ``ckpt`` was not made for ``configuration`` of ``plans`` (and, when given, the labels and channels
+    of ``dataset_json``); None when it was, or when the checkpoint does not say: the one compatibility check
+    of training (``--c``) and prediction."""
     init_args = ckpt.get("init_args") or {}
+    stored_dj = init_args.get("dataset_json")
+    if dataset_json is not None and isinstance(stored_dj, dict):
+        for key in ("labels", "channel_names"):
+            if key in stored_dj and key in dataset_json and stored_dj[key] != dataset_json[key]:
+                return (f"was trained with other dataset.json {key} ({stored_dj[key]}, here {dataset_json[key]}): "
+                        "it belongs to another dataset or label set")
     stored = init_args.get("configuration")
     if stored is not None and stored != configuration:
         return f"was trained for configuration '{stored}', not '{configuration}'"
