@@ -32,16 +32,6 @@ MODEL = f"pnnunetTrainer__{PLANS}__3d_fullres"
 TEST_IMAGES = BUNDLED_SAMPLE / "imagesTs"
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """raw/pre/res of the bundled sample with fold 0 of 3d_fullres trained (made once, never modified)."""
-    from tests.inference.test_predictor import make_trained_workspace
-
-    root = tmp_path_factory.mktemp("bad_inputs_trained")
-    make_trained_workspace(root, trained=(("3d_fullres", (0,)),))
-    return root
-
-
 @dataclass
 class Ctx:
     """One row's sandbox: ``root`` holds raw/, pre/, res/ (the roots) and inputs; ``env`` the roots' env vars."""

@@ -15,6 +15,7 @@ from pnnunet.defaults import DEFAULT_PLANS, DEFAULT_STEP_SIZE, DEFAULT_TRAINER, 
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json
 from pnnunet.inference.sliding_window import check_step_size
+from pnnunet.locks import fold_lock, hold_lock
 from pnnunet.paths import env_int
 from pnnunet.plans import load_plans
 from pnnunet.runtime import distributed as dist
@@ -128,8 +129,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                       device, progress_bar=not args.no_pbar, dist=ctx)
     trainer = Trainer(job)
     trainer.check_inputs()  # a clear error before the fold folder and its log are created
-    if not ctx.is_distributed and args.num_gpus > 1:
-        return _launch(args, argv, device, trainer.plan.batch_size)
+    if ctx.is_distributed:  # the launcher (or the user, around paddle.distributed.launch) holds the fold's lock
+        return _train(args, argv, ctx, job, trainer, step_size)
+    with hold_lock(fold_lock(job.fold_dir), f"fold {job.fold} of {job.model_dir.name}"):
+        if args.num_gpus > 1:
+            return _launch(args, argv, device, trainer.plan.batch_size)
+        return _train(args, argv, ctx, job, trainer, step_size)
+
+
+def _train(args: argparse.Namespace, argv: list[str], ctx: dist.DistContext, job, trainer, step_size: float) -> int:
+    """Train (unless --val) and validate one fold in this process."""
     job.fold_dir.mkdir(parents=True, exist_ok=True)
     if ctx.is_distributed:
         dist.init_process_group(ctx)

@@ -13,6 +13,7 @@ import gzip
 import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from pnnunet.errors import DatasetError
@@ -28,8 +29,6 @@ def _is_nifti(path: Path) -> bool:
 
 def _expected_nifti_bytes(path: Path) -> int | None:
     """Header offset plus voxel bytes that the NIfTI header of ``path`` announces (None if unreadable)."""
-    import nibabel as nib  # deferred: only NIfTI files need it
-
     try:
         img = nib.load(str(path), mmap=False)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error):
@@ -78,8 +77,6 @@ def nonfinite_counts(path: Path | str) -> tuple[int, int] | None:
     path = Path(path)
     if not _is_nifti(path):
         return None
-    import nibabel as nib
-
     try:
         data = np.asanyarray(nib.load(str(path), mmap=False).dataobj)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error):
