@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pnnunet.errors import PnnunetError
+from pnnunet.fileio import STORAGE_ERRNOS, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ def _read_info(fd: int) -> dict:
         return {}
 
 
+def _raise_storage_error(path: Path, error: OSError) -> None:
+    if error.errno not in STORAGE_ERRNOS:
+        raise error
+    raise storage_error(path, error) from None
+
+
 @contextmanager
 def hold_lock(path: Path | str, what: str) -> Iterator[None]:
     """Hold the lock file ``path`` for the ``with`` block; ``what`` says what it guards (for the message).
@@ -52,9 +59,15 @@ def hold_lock(path: Path | str, what: str) -> Iterator[None]:
     LockedByOther : another live process holds it; the message names that process and the lock file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _raise_storage_error(path, e)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            _raise_storage_error(path, e)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -76,11 +89,15 @@ def hold_lock(path: Path | str, what: str) -> Iterator[None]:
         log.warning("%s: taking over the lock of a process that is gone (%s)", path, _owner_text(previous))
     info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, json.dumps(info).encode())
     try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(info).encode())
         yield
+    except OSError as e:  # the lock file could not be written (a full disk): nothing was started yet
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(path, e) from None
     finally:
         try:
             os.unlink(path)  # while still locked: a waiting opener notices the new inode and retries

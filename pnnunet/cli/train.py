@@ -166,6 +166,19 @@ def _train(args: argparse.Namespace, argv: list[str], ctx: dist.DistContext, job
     return 0
 
 
+class _TrainingLogHandler(logging.FileHandler):
+    """A FileHandler that reports a failed write (a full disk) once, in one line, instead of logging's traceback
+    per record; training goes on and its checkpoint write then stops it with the storage error."""
+
+    _reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if not self._reported:
+            self._reported = True
+            print(f"pnnunet: warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); "
+                  "the training log misses lines from here on", file=sys.stderr)
+
+
 def add_training_log(path: Path) -> logging.Handler:
     """Copy the records of the ``pnnunet`` logger (the epoch lines among them) into ``path``.
 
@@ -173,7 +186,7 @@ def add_training_log(path: Path) -> logging.Handler:
     sets, not on the root logger (importing Paddle 2.6 sets the root logger's level to WARNING).
     The caller removes it from ``log`` and closes it.
     """
-    handler = logging.FileHandler(path)
+    handler = _TrainingLogHandler(path)
     handler.setFormatter(MarkedFormatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
     return handler

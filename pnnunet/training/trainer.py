@@ -29,7 +29,7 @@ import pnnunet
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
-from pnnunet.fileio import write_json_atomic
+from pnnunet.fileio import atomic_path, write_json_atomic
 from pnnunet.heap import trim_heap
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
@@ -403,7 +403,8 @@ class Trainer:
         write_json_atomic(md / "dataset.json", self.job.dataset_json)
         fp = self.job.preprocessed_dataset_dir / "dataset_fingerprint.json"
         if fp.is_file():
-            shutil.copyfile(fp, md / "dataset_fingerprint.json")
+            with atomic_path(md / "dataset_fingerprint.json") as tmp:
+                shutil.copyfile(fp, tmp)
         write_json_atomic(self.job.fold_dir / "train_config.json",
                           {"trainer": self.job.trainer_name, **self.cfg.__dict__, "device": self.job.device,
                            "precision": self.precision, "num_processes": self.dist.world_size})
