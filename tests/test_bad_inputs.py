@@ -189,7 +189,7 @@ def plans_missing(ctx):
 
 def unknown_configuration(ctx):
     return train.main, ["3d_fulres", "0", "-d", DATASET, "-p", PLANS, "-device", "cpu"], \
-        ["3d_fulres", "did you mean '3d_fullres'"]
+        [f"{PLANS}.json: configuration '3d_fulres'", "did you mean '3d_fullres'"]
 
 
 def bad_fold_for_training(ctx):

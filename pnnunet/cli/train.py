@@ -17,7 +17,7 @@ from pnnunet.fileio import load_json
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.locks import fold_lock, hold_lock
 from pnnunet.paths import env_int
-from pnnunet.plans import load_plans
+from pnnunet.plans import load_plans, resolve_configuration
 from pnnunet.runtime import distributed as dist
 from pnnunet.runtime.device import gpu_count, import_paddle, parse_device, pick_device, set_cpu_threads
 from pnnunet.training.config import make_train_config
@@ -117,6 +117,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     name = resolve_dataset(args.dataset, roots.raw, roots.preprocessed, dataset_id=args.dataset_id)
     pre_dir = roots.preprocessed / name
     plans = load_plans(pre_dir / f"{args.p}.json")
+    resolve_configuration(plans, args.configuration, pre_dir / f"{args.p}.json")  # a typo named with the file
     dataset_json = load_json(pre_dir / "dataset.json")
     workers = args.num_workers if args.num_workers is not None else env_int("pnnunet_n_proc_DA",
                                                                             min(2, os.cpu_count() or 1))
