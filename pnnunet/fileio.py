@@ -80,6 +80,31 @@ def ensure_writable_folder(folder: Path | str, what: str = "output folder") -> P
     return folder
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path | str, recursive: bool = False) -> list[Path]:
+    """Delete the ``.tmp-PID-NAME`` files of :func:`atomic_path` whose writer process is gone (killed before it
+    could clean up); returns them. Temporaries of live processes (other parts, workers) are left alone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in (folder.rglob(".tmp-*") if recursive else folder.glob(".tmp-*")):
+        pid = p.name[len(".tmp-"):].split("-", 1)[0]
+        if p.is_file() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.integer):
         return int(o)

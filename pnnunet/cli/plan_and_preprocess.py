@@ -15,6 +15,7 @@ from pnnunet.dataset.integrity import verify_dataset_integrity
 from pnnunet.dataset.resolve import resolve_dataset
 from pnnunet.defaults import DEFAULT_PLANS
 from pnnunet.errors import PnnunetError
+from pnnunet.fileio import remove_stale_temporaries
 from pnnunet.imageio import reader_writer_by_name
 from pnnunet.locks import hold_lock, preprocessing_lock
 from pnnunet.paths import Roots
@@ -114,6 +115,7 @@ def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bo
         pre_dir.mkdir(parents=True, exist_ok=True)
         print(f"== {name}")
         with hold_lock(preprocessing_lock(pre_dir), f"the preprocessed folder of {name}"):
+            remove_stale_temporaries(pre_dir, recursive=True)  # left by a killed run
             _one_dataset(args, fingerprint, plan, preprocess, preset, plans_name, raw_dir, pre_dir)
         print(f"done in {time.perf_counter() - t0:.1f} s; output: {pre_dir}")
     return 0

@@ -34,7 +34,7 @@ import pnnunet
 from pnnunet.dataset.cases import get_inference_cases
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import PnnunetError
-from pnnunet.fileio import ensure_writable_folder, load_json, write_json_atomic
+from pnnunet.fileio import ensure_writable_folder, load_json, remove_stale_temporaries, write_json_atomic
 from pnnunet.imageio import ImageIO, reader_writer_by_name, reader_writer_for
 from pnnunet.inference.case_predictor import CasePredictor
 from pnnunet.inference.export_prediction import export_prediction
@@ -418,6 +418,7 @@ class Predictor:
     def _predict_cases(self, cases: dict[str, list[Path]], output_folder: Path, save_probabilities: bool,
                        continue_prediction: bool, num_preprocessing_workers: int, num_export_workers: int,
                        previous: dict[str, Path] | None) -> PredictionSummary:
+        remove_stale_temporaries(output_folder)  # left by a killed run
         self._claim_output_folder(output_folder)
         todo = {c: f for c, f in cases.items()
                 if not (continue_prediction and self._is_done(output_folder, c, save_probabilities))}

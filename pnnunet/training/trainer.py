@@ -29,7 +29,7 @@ import pnnunet
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
-from pnnunet.fileio import atomic_path, write_json_atomic
+from pnnunet.fileio import atomic_path, remove_stale_temporaries, write_json_atomic
 from pnnunet.heap import trim_heap
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
@@ -267,6 +267,7 @@ class Trainer:
             _check_compatible(state, job, resume_from)
         job.fold_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
+            remove_stale_temporaries(job.fold_dir)  # e.g. a checkpoint write cut by kill -9
             self._write_model_files()
         log.info("pnnunet %s, paddle %s, device %s, precision %s | %s fold %s: %d training, %d validation cases",
                  pnnunet.__version__, paddle.__version__, job.device, self.precision, job.configuration, job.fold,
