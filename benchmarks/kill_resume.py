@@ -58,9 +58,21 @@ def _outputs(ws: Path, stage: str) -> Path:
             "prediction": ws / "pred", "find_best_config": ws / "res" / DATASET}[stage]
 
 
-def _hashes(folder: Path, skip=("training_log.txt", "progress.png", "predict_args.json")) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name not in skip and not p.name.endswith(".lock")}
+TEXT_ENDINGS = (".json", ".txt")
+
+
+def _hashes(folder: Path, ws: Path, skip=("training_log.txt", "progress.png", "predict_args.json")) -> dict[str, str]:
+    """sha256 per file; text files with the workspace path replaced (it differs between runs by design);
+    checkpoints are compared by :func:`_training_equal` (they also hold timings)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name in skip or p.name.endswith((".lock", ".pdparams")):
+            continue
+        data = p.read_bytes()
+        if p.name.endswith(TEXT_ENDINGS):
+            data = data.replace(str(ws).encode(), b"WS")
+        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 def _temporaries(folder: Path) -> list[str]:
@@ -128,10 +140,7 @@ def _trial(base: Path, work: Path, stage: str, k: int, rng: random.Random, ref_s
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     rerun = _run(ws, stage, resume=True)
-    ref, got = _hashes(_outputs(base, stage)), _hashes(watch)
-    if stage == "preprocessing":  # the paths inside the raw folder differ between workspaces
-        ref = {k: v for k, v in ref.items() if not k.endswith(".json")}
-        got = {k: v for k, v in got.items() if not k.endswith(".json")}
+    ref, got = _hashes(_outputs(base, stage), base), _hashes(watch, ws)
     result = {"stage": stage, "trial": k, "mode": mode, "killed": killed, "killed_at_s": round(killed_at, 2),
               "temporary_files_at_kill": len(temporaries_at_kill), "rerun_s": round(rerun, 1),
               "temporaries_left": _temporaries(watch), "missing": sorted(set(ref) - set(got)),

@@ -330,13 +330,11 @@ CREATE_OUTPUT_FOLDER = [predict_truncated_input, predict_2d_image_into_3d_model]
 def _run_row(row, ctx: Ctx, monkeypatch, capsys) -> str:
     for k, v in ctx.env().items():
         monkeypatch.setenv(k, v)
-    for k in ("pnnunet_n_proc_DA", "pnnunet_npp", "pnnunet_nps"):
-        monkeypatch.delenv(k, raising=False)
+    for k in ("pnnunet_n_proc_DA", "pnnunet_npp", "pnnunet_nps"):  # recorded, then unset: restored afterwards
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     command, argv, expected = row(ctx)
-    for k in ("pnnunet_n_proc_DA", "pnnunet_npp"):  # a row may set one; monkeypatch restores it afterwards
-        if k in os.environ:
-            monkeypatch.setenv(k, os.environ[k])
     before = tree_hashes(ctx.root)
     out_existed = (ctx.root / "out").exists()
     capsys.readouterr()
