@@ -6,6 +6,7 @@ never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from contextlib import contextmanager
@@ -29,14 +30,79 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     file name (SimpleITK, PIL) still work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(path, e) from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# write failures that are the storage's, not the program's: a full disk or quota, a read-only file system,
+# missing permissions. A writer turns them into one message naming the path; what was written before stays.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def storage_error(path: Path | str, error: OSError) -> DatasetError:
+    """The :class:`DatasetError` for a write to ``path`` that failed with a storage ``error``."""
+    what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "the file system is read-only", errno.EFBIG: "the file is too large for the file system"
+            }.get(error.errno, f"permission denied ({error.strerror})")
+    return DatasetError(path, f"cannot be written: {what}",
+                        "free space (or choose a writable folder / fix the permissions), then rerun the same "
+                        "command: finished outputs and the previous checkpoint are kept and it resumes")
+
+
+def ensure_writable_folder(folder: Path | str, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and check that a file can be written into it; a :class:`DatasetError`
+    naming it otherwise (a file in its place, a read-only or full file system, no permission)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DatasetError(folder, f"the {what} is a file, not a folder", f"choose another {what} or remove the file")
+    probe = folder / f".pnnunet-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"0")
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        raise storage_error(folder, e) from None
+    finally:
+        if probe.exists():
+            probe.unlink()
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path | str, recursive: bool = False) -> list[Path]:
+    """Delete the ``.tmp-PID-NAME`` files of :func:`atomic_path` whose writer process is gone (killed before it
+    could clean up); returns them. Temporaries of live processes (other parts, workers) are left alone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in (folder.rglob(".tmp-*") if recursive else folder.glob(".tmp-*")):
+        pid = p.name[len(".tmp-"):].split("-", 1)[0]
+        if p.is_file() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _json_default(o: Any) -> Any:

@@ -39,10 +39,10 @@ def call_picklable(fn: Callable, args: tuple):
     """
     try:
         return fn(*args)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - every exception is re-raised, only made picklable
         try:
             pickle.loads(pickle.dumps(e))
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure to round-trip means the parent could not unpickle it
             if isinstance(e, PnnunetError):
                 raise PnnunetError(str(e)) from None
             raise RuntimeError(f"{type(e).__name__}: {e}") from None

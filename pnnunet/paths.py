@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from pnnunet.errors import PnnunetError
+
 ENV_NAMES = {"raw": "pnnunet_raw", "preprocessed": "pnnunet_preprocessed", "results": "pnnunet_results"}
 
 
@@ -54,7 +56,19 @@ def env_flag(name: str, default: bool = False, env: Mapping[str, str] | None = N
     return val.strip().lower() in ("1", "true", "t", "yes", "y", "on")
 
 
-def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
+def env_int(name: str, default: int, env: Mapping[str, str] | None = None, minimum: int | None = 0) -> int:
+    """The integer environment variable ``name`` (``default`` when unset or empty); a value that is not an
+    integer, or is below ``minimum``, is a :class:`PnnunetError` naming the variable."""
     env = os.environ if env is None else env
     val = env.get(name)
-    return int(val) if val not in (None, "") else default
+    if val in (None, ""):
+        return default
+    try:
+        out = int(val.strip())
+    except ValueError:
+        raise PnnunetError(f"environment variable {name}={val!r} is not an integer\n"
+                           f"  fix: set it to a whole number (e.g. {name}={default}) or unset it") from None
+    if minimum is not None and out < minimum:
+        raise PnnunetError(f"environment variable {name}={val}: must be at least {minimum}\n"
+                           f"  fix: set it to a whole number >= {minimum} or unset it")
+    return out

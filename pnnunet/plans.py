@@ -49,6 +49,47 @@ def resolve_configuration(plans: dict, name: str, source: Path | str = "plans") 
     return resolved
 
 
+def _int_list(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def inconsistency(d: dict) -> str | None:
+    """What makes a resolved configuration ``d`` self-contradictory (None when nothing): the checks a
+    hand-edited plans file fails, so that it does not fail later inside the network or the sampler."""
+    patch, spacing = d["patch_size"], d["spacing"]
+    if not _int_list(patch) or len(patch) not in (2, 3) or min(patch) < 1:
+        return f"patch_size {patch} must be 2 or 3 positive integers"
+    if not isinstance(spacing, (list, tuple)) or len(spacing) != len(patch):
+        return f"spacing {spacing} must have one entry per patch axis ({len(patch)})"
+    if not isinstance(d["batch_size"], int) or d["batch_size"] < 1:
+        return f"batch_size {d['batch_size']} must be a positive integer"
+    if len(d["normalization_schemes"]) != len(d["use_mask_for_norm"]):
+        return (f"normalization_schemes has {len(d['normalization_schemes'])} entries but use_mask_for_norm "
+                f"{len(d['use_mask_for_norm'])} (one per channel each)")
+    arch = d["architecture"].get("arch_kwargs", {}) if isinstance(d["architecture"], dict) else {}
+    strides, kernels, n_stages = arch.get("strides"), arch.get("kernel_sizes"), arch.get("n_stages")
+    if strides is None or kernels is None or n_stages is None:
+        return None  # another architecture's keys: checked by the network when it is built
+    for key in ("strides", "kernel_sizes", "features_per_stage", "n_conv_per_stage"):
+        if key in arch and len(arch[key]) != n_stages:
+            return f"architecture {key} has {len(arch[key])} entries but n_stages is {n_stages}"
+    for key, per_stage in (("strides", strides), ("kernel_sizes", kernels)):
+        if any(len(s) != len(patch) for s in per_stage):
+            return f"architecture {key} {per_stage} must have {len(patch)} entries per stage, like patch_size"
+    for axis, size in enumerate(patch):
+        if size % _prod(s[axis] for s in strides):
+            return (f"patch_size {patch} is not divisible by the network's total downsampling "
+                    f"{[int(_prod(s[a] for s in strides)) for a in range(len(patch))]} (axis {axis})")
+    return None
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
 @dataclass(frozen=True)
 class ConfigurationPlan:
     """A resolved configuration (typed view; ``raw`` holds every key, upstream's included)."""
@@ -77,6 +118,10 @@ class ConfigurationPlan:
         if missing:
             raise DatasetError(source, f"configuration '{name}' misses keys {missing}",
                              "re-run pnnunet_plan_and_preprocess (or fix the hand-edited plans file)")
+        problem = inconsistency(d)
+        if problem:
+            raise DatasetError(source, f"configuration '{name}': {problem}",
+                               "re-run pnnunet_plan_and_preprocess (or fix the hand-edited plans file)")
         return cls(name=name, data_identifier=d["data_identifier"], batch_size=int(d["batch_size"]),
                    patch_size=tuple(int(p) for p in d["patch_size"]), spacing=tuple(float(s) for s in d["spacing"]),
                    normalization_schemes=tuple(d["normalization_schemes"]),
@@ -92,7 +137,21 @@ def load_plans(path: Path | str) -> dict:
     missing = [k for k in REQUIRED_GLOBAL if k not in plans]
     if missing:
         raise DatasetError(path, f"misses keys {missing}", "re-run pnnunet_plan_and_preprocess")
+    check_configurations(plans, path)
     return plans
+
+
+def check_configurations(plans: dict, source: Path | str) -> None:
+    """Raise a :class:`DatasetError` naming ``source`` for the first configuration of ``plans`` that is
+    self-contradictory (:func:`inconsistency`); configurations that miss keys are left to their use."""
+    if not isinstance(plans["configurations"], dict):
+        raise DatasetError(source, "'configurations' must be an object {name: configuration}",
+                           "re-run pnnunet_plan_and_preprocess")
+    for name in plans["configurations"]:
+        d = resolve_configuration(plans, name, source)
+        if all(k in d for k in REQUIRED_CONFIG) and (problem := inconsistency(d)):
+            raise DatasetError(source, f"configuration '{name}': {problem}",
+                               "re-run pnnunet_plan_and_preprocess (or fix the hand-edited plans file)")
 
 
 def merge_with_existing(new_plans: dict, existing: dict | None) -> dict:

@@ -20,3 +20,16 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """raw/pre/res of the bundled sample, tiny plans, fold 0 of 3d_fullres trained for one short epoch: made
+    once per session (~1 min on 2 cores) for the bad-input table and the concurrency/disk tests; never modified
+    (tests copy it)."""
+    pytest.importorskip("paddle")
+    from tests.inference.test_predictor import make_trained_workspace
+
+    root = tmp_path_factory.mktemp("trained_3d_fullres_fold0")
+    make_trained_workspace(root, trained=(("3d_fullres", (0,)),))
+    return root

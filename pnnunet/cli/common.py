@@ -7,6 +7,7 @@ one-paragraph message and exit code 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -35,8 +36,21 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
+class MarkedFormatter(logging.Formatter):
+    """The message only, with ``warning: `` / ``error: `` in front of WARNING and ERROR records (and on each
+    continuation line indented), so a fallback or a skipped case stands out among the progress lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        if record.levelno >= logging.WARNING:
+            mark = "warning: " if record.levelno < logging.ERROR else "error: "
+            record = copy.copy(record)
+            record.message = mark + record.message.replace("\n", "\n" + " " * len(mark))
+        return super().formatMessage(record)
+
+
 def setup_logging(verbose: bool = False) -> logging.Logger:
-    """Print the records of the ``pnnunet`` logger (and its children) to stdout, message only.
+    """Print the records of the ``pnnunet`` logger (and its children) to stdout, message only (warnings
+    and errors marked, :class:`MarkedFormatter`).
 
     The ``pnnunet`` logger is configured itself (own handler, own level, no propagation), not the
     root logger: importing Paddle 2.6 sets the root logger's level to WARNING
@@ -48,7 +62,7 @@ def setup_logging(verbose: bool = False) -> logging.Logger:
     for h in [h for h in logger.handlers if isinstance(h, _StdoutHandler)]:
         logger.removeHandler(h)
     handler = _StdoutHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(MarkedFormatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
@@ -71,6 +85,21 @@ def add_dataset_arg(parser: argparse.ArgumentParser, multiple: bool = False) -> 
                         help="dataset id to use when -d is a folder without a TaskXXX/DatasetXXX prefix")
 
 
+# count flags shared by several commands: argparse dest -> (the flag as the user writes it, smallest value)
+COUNT_FLAGS = {"np": ("-np", 1), "npfp": ("-npfp", 1), "npp": ("-npp", 0), "nps": ("-nps", 0),
+               "num_parts": ("-num_parts", 1), "part_id": ("-part_id", 0), "num_gpus": ("-num_gpus", 1),
+               "tile_batch_size": ("--tile_batch_size", 1)}
+
+
+def check_count_flags(args: argparse.Namespace) -> None:
+    """A :class:`PnnunetError` naming the flag when a process/part/batch count is below its minimum."""
+    for dest, (flag, minimum) in COUNT_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None and value < minimum:
+            raise PnnunetError(f"{flag} {value}: must be at least {minimum}\n  fix: give {flag} {max(minimum, 1)} "
+                               "or more" + (" (0 = work in the main process)" if minimum == 0 else ""))
+
+
 def run_cli(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
             argv: Sequence[str] | None) -> int:
     """Parse ``argv`` strictly, run ``body`` and turn user errors into exit code 1."""
@@ -80,6 +109,7 @@ def run_cli(body: Callable[[argparse.Namespace], int], parser: argparse.Argument
     saved = logger.level, logger.propagate, list(logger.handlers)
     setup_logging(getattr(args, "verbose", False))
     try:
+        check_count_flags(args)
         return body(args)
     except PnnunetError as e:
         print(f"pnnunet: error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from pnnunet.cli.common import add_dataset_arg, default_num_processes, get_roots
 from pnnunet.dataset.resolve import resolve_dataset
 from pnnunet.defaults import DEFAULT_PLANS, DEFAULT_TRAINER, parse_fold
 from pnnunet.evaluation.find_best import find_best_configuration
+from pnnunet.fileio import remove_stale_temporaries
 from pnnunet.postprocessing.determine import describe_postprocessing
 
 
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     roots = get_roots()
     name = resolve_dataset(args.dataset, roots.raw, roots.preprocessed, dataset_id=args.dataset_id)
+    remove_stale_temporaries(roots.results / name, recursive=True)  # left by a killed run
     result = find_best_configuration(name, roots.results, roots.preprocessed, configurations=args.c,
                                      trainer=args.tr, plans_name=args.p, folds=[parse_fold(f) for f in args.f],
                                      allow_ensembling=not args.disable_ensembling, num_processes=args.np)

@@ -15,7 +15,9 @@ from pnnunet.dataset.integrity import verify_dataset_integrity
 from pnnunet.dataset.resolve import resolve_dataset
 from pnnunet.defaults import DEFAULT_PLANS
 from pnnunet.errors import PnnunetError
+from pnnunet.fileio import remove_stale_temporaries
 from pnnunet.imageio import reader_writer_by_name
+from pnnunet.locks import hold_lock, preprocessing_lock
 from pnnunet.paths import Roots
 from pnnunet.planning.planner import PLANNER_ALIASES, PLANNER_PRESETS
 from pnnunet.planning.run import fingerprint_dataset, plan_dataset
@@ -115,30 +117,37 @@ def _run(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bo
         raw_dir, pre_dir = roots.raw / name, roots.preprocessed / name
         pre_dir.mkdir(parents=True, exist_ok=True)
         print(f"== {name}")
-        if fingerprint:
-            if args.verify_dataset_integrity:
-                print("verifying dataset integrity ...")
-                verify_dataset_integrity(raw_dir, num_processes=args.np)
-                print("dataset integrity: OK")
-            fingerprint_dataset(raw_dir, pre_dir, num_processes=args.npfp or args.np, clean=args.clean,
-                                progress=not args.no_pbar)
-        plans = None
-        if plan:
-            if args.overwrite_target_spacing is not None and len(args.overwrite_target_spacing) != 3:
-                raise PnnunetError("-overwrite_target_spacing needs exactly 3 values (reader axis order)")
-            settings = dataclasses.replace(
-                preset, plans_name=plans_name,
-                gpu_memory_target_gb=args.gpu_memory_target or preset.gpu_memory_target_gb,
-                overwrite_target_spacing=tuple(args.overwrite_target_spacing) if args.overwrite_target_spacing else None)
-            plans = plan_dataset(raw_dir, pre_dir, settings)
-        elif preprocess:
-            plans = load_plans(pre_dir / f"{plans_name}.json")
-        if preprocess and not getattr(args, "no_pp", False):
-            _preprocess(args, raw_dir, pre_dir, plans)
-        if plans is not None:
-            print(_summary(plans, pre_dir))
+        with hold_lock(preprocessing_lock(pre_dir), f"the preprocessed folder of {name}"):
+            remove_stale_temporaries(pre_dir, recursive=True)  # left by a killed run
+            _one_dataset(args, fingerprint, plan, preprocess, preset, plans_name, raw_dir, pre_dir)
         print(f"done in {time.perf_counter() - t0:.1f} s; output: {pre_dir}")
     return 0
+
+
+def _one_dataset(args: argparse.Namespace, fingerprint: bool, plan: bool, preprocess: bool, preset, plans_name: str,
+                 raw_dir: Path, pre_dir: Path) -> None:
+    if fingerprint:
+        if args.verify_dataset_integrity:
+            print("verifying dataset integrity ...")
+            verify_dataset_integrity(raw_dir, num_processes=args.np)
+            print("dataset integrity: OK")
+        fingerprint_dataset(raw_dir, pre_dir, num_processes=args.npfp or args.np, clean=args.clean,
+                            progress=not args.no_pbar)
+    plans = None
+    if plan:
+        if args.overwrite_target_spacing is not None and len(args.overwrite_target_spacing) != 3:
+            raise PnnunetError("-overwrite_target_spacing needs exactly 3 values (reader axis order)")
+        settings = dataclasses.replace(
+            preset, plans_name=plans_name,
+            gpu_memory_target_gb=args.gpu_memory_target or preset.gpu_memory_target_gb,
+            overwrite_target_spacing=tuple(args.overwrite_target_spacing) if args.overwrite_target_spacing else None)
+        plans = plan_dataset(raw_dir, pre_dir, settings)
+    elif preprocess:
+        plans = load_plans(pre_dir / f"{plans_name}.json")
+    if preprocess and not getattr(args, "no_pp", False):
+        _preprocess(args, raw_dir, pre_dir, plans)
+    if plans is not None:
+        print(_summary(plans, pre_dir))
 
 
 def _preprocess(args: argparse.Namespace, raw_dir: Path, pre_dir: Path, plans: dict) -> None:

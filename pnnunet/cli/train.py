@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pnnunet.cli.common import add_dataset_arg, get_roots, run_cli
+from pnnunet.cli.common import MarkedFormatter, add_dataset_arg, get_roots, run_cli
 from pnnunet.dataset.resolve import resolve_dataset
 from pnnunet.defaults import DEFAULT_PLANS, DEFAULT_STEP_SIZE, DEFAULT_TRAINER, model_dir_name, parse_fold
+from pnnunet.errors import PnnunetError
 from pnnunet.fileio import load_json
 from pnnunet.inference.sliding_window import check_step_size
+from pnnunet.locks import fold_lock, hold_lock
 from pnnunet.paths import env_int
-from pnnunet.plans import load_plans
-from pnnunet.errors import PnnunetError
+from pnnunet.plans import load_plans, resolve_configuration
 from pnnunet.runtime import distributed as dist
 from pnnunet.runtime.device import gpu_count, import_paddle, parse_device, pick_device, set_cpu_threads
 from pnnunet.training.config import make_train_config
@@ -116,6 +117,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     name = resolve_dataset(args.dataset, roots.raw, roots.preprocessed, dataset_id=args.dataset_id)
     pre_dir = roots.preprocessed / name
     plans = load_plans(pre_dir / f"{args.p}.json")
+    resolve_configuration(plans, args.configuration, pre_dir / f"{args.p}.json")  # a typo named with the file
     dataset_json = load_json(pre_dir / "dataset.json")
     workers = args.num_workers if args.num_workers is not None else env_int("pnnunet_n_proc_DA",
                                                                             min(2, os.cpu_count() or 1))
@@ -128,8 +130,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                       device, progress_bar=not args.no_pbar, dist=ctx)
     trainer = Trainer(job)
     trainer.check_inputs()  # a clear error before the fold folder and its log are created
-    if not ctx.is_distributed and args.num_gpus > 1:
-        return _launch(args, argv, device, trainer.plan.batch_size)
+    if ctx.is_distributed:  # the launcher (or the user, around paddle.distributed.launch) holds the fold's lock
+        return _train(args, argv, ctx, job, trainer, step_size)
+    with hold_lock(fold_lock(job.fold_dir), f"fold {job.fold} of {job.model_dir.name}"):
+        if args.num_gpus > 1:
+            return _launch(args, argv, device, trainer.plan.batch_size)
+        return _train(args, argv, ctx, job, trainer, step_size)
+
+
+def _train(args: argparse.Namespace, argv: list[str], ctx: dist.DistContext, job, trainer, step_size: float) -> int:
+    """Train (unless --val) and validate one fold in this process."""
     job.fold_dir.mkdir(parents=True, exist_ok=True)
     if ctx.is_distributed:
         dist.init_process_group(ctx)
@@ -157,6 +167,19 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+class _TrainingLogHandler(logging.FileHandler):
+    """A FileHandler that reports a failed write (a full disk) once, in one line, instead of logging's traceback
+    per record; training goes on and its checkpoint write then stops it with the storage error."""
+
+    _reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if not self._reported:
+            self._reported = True
+            print(f"pnnunet: warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); "
+                  "the training log misses lines from here on", file=sys.stderr)
+
+
 def add_training_log(path: Path) -> logging.Handler:
     """Copy the records of the ``pnnunet`` logger (the epoch lines among them) into ``path``.
 
@@ -164,8 +187,8 @@ def add_training_log(path: Path) -> logging.Handler:
     sets, not on the root logger (importing Paddle 2.6 sets the root logger's level to WARNING).
     The caller removes it from ``log`` and closes it.
     """
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler = _TrainingLogHandler(path)
+    handler.setFormatter(MarkedFormatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
     return handler
 

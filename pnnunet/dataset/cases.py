@@ -99,7 +99,21 @@ def scan_training_cases(raw_dir: Path, dataset_json: dict) -> CaseScan:
                                          f"add the label map {label.name} to labelsTr (or remove the case's images)"))
         if ok:
             cases[case] = {"images": [found[c] for c in range(n_ch)], "label": label}
+    problems += _labels_without_images(labels_dir, fe, set(channels), images_dir)
     return CaseScan(cases, problems, sorted(channels))
+
+
+def _labels_without_images(labels_dir: Path, fe: str, cases: set[str], images_dir: Path) -> list[DatasetError]:
+    """One problem per ``labelsTr/{CASE}{fe}`` whose case has no image file in imagesTr."""
+    if not labels_dir.is_dir():
+        return []
+    out = []
+    for f in _visible_files(labels_dir):
+        if f.name.endswith(fe) and f.name[: -len(fe)] not in cases:
+            case = f.name[: -len(fe)]
+            out.append(DatasetError(f, f"label file without image: imagesTr has no {case}_0000{fe}",
+                                    f"add the image(s) {images_dir / f'{case}_0000{fe}'} ... or remove the label file"))
+    return out
 
 
 def _expand(raw_dir: Path, p: str) -> Path:

@@ -4,7 +4,8 @@ Checks, as upstream's ``verify_dataset_integrity`` does: dataset.json has the re
 labels are consecutive from 0 (an ignore label counts as the next one); every case has every channel
 and a label file; ``numTraining`` equals the number of cases; per case, the image and label
 shapes and spacings agree, the channel count is right, there is no NaN, and the label values are
-among those in dataset.json. Origin/direction mismatches between image and label only warn (logged).
+among those in dataset.json. NaN/inf in NIfTI files are counted on the raw voxels read with nibabel
+(SimpleITK's NIfTI reader turns them into 0). Origin/direction mismatches between image and label only warn (logged).
 In addition to upstream: ``inf`` in images is an error, and unreadable files are reported
 per file instead of aborting the check.
 
@@ -21,9 +22,10 @@ import numpy as np
 from pnnunet.dataset.cases import scan_training_cases
 from pnnunet.dataset.dataset_json import load_dataset_json
 from pnnunet.dataset.labels import LabelInfo
-from pnnunet.parallel import map_in_pool
 from pnnunet.errors import DatasetError, DatasetProblems
 from pnnunet.imageio import reader_writer_by_name, reader_writer_for
+from pnnunet.imageio.completeness import nonfinite_counts
+from pnnunet.parallel import map_in_pool
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +76,17 @@ def check_case(case: str, image_files: list[str], label_file: str, reader_name: 
                              "give one single-channel file per channel (4D files must be split into "
                              "CASE_0000, CASE_0001, ...)"))
         for f, c in zip(image_files, images):
-            counts = [f"{n} {k} voxel(s)" for k, n in (("NaN", int(np.isnan(c).sum())), ("inf", int(np.isinf(c).sum())))
-                      if n]
+            # SimpleITK's NIfTI reader turns NaN/inf into 0: count them on nibabel's raw voxels there
+            raw = nonfinite_counts(f)
+            n_nan, n_inf = raw if raw is not None else (int(np.isnan(c).sum()), int(np.isinf(c).sum()))
+            counts = [f"{n} {k} voxel(s)" for k, n in (("NaN", n_nan), ("inf", n_inf)) if n]
             if counts:
                 problems.append((f, f"image contains {' and '.join(counts)}",
                                  "replace NaN/inf voxels with finite values that make sense for the image"))
     if seg is not None:
-        if np.isnan(seg).any():
-            problems.append((label_file, "label map contains NaN values", "store the label map as integers"))
+        raw = nonfinite_counts(label_file)
+        if np.isnan(seg).any() or (raw is not None and sum(raw)):
+            problems.append((label_file, "label map contains NaN or inf values", "store the label map as integers"))
         found = np.unique(seg[np.isfinite(seg)])
         unexpected = [v for v in found.tolist() if v not in allowed]
         if unexpected:

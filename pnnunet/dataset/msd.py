@@ -30,9 +30,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from pnnunet.dataset.dataset_json import is_msd_dataset_json, load_dataset_json, validate_dataset_json
-from pnnunet.parallel import map_in_pool
 from pnnunet.errors import DatasetError, DatasetProblems, PnnunetError
 from pnnunet.fileio import load_json, read_json_file, write_json_atomic
+from pnnunet.imageio.completeness import check_complete
+from pnnunet.parallel import map_in_pool
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,7 @@ def split_image(src_file: Path, dst_dir: Path) -> list[Path]:
         return [dst]
     if dim != 4:
         raise DatasetError(src_file, f"has {dim} dimensions; MSD images are 3D or 4D", "check the file")
+    check_complete(src_file)  # SimpleITK would split a truncated file zero-filled
     img = sitk.ReadImage(str(src_file))
     arr = sitk.GetArrayFromImage(img)  # (c, z, y, x)
     spacing, origin = img.GetSpacing()[:3], img.GetOrigin()[:3]
@@ -254,6 +256,7 @@ def copy_label(src_file: Path, dst_file: Path) -> None:
     if reader.GetPixelID() in _INT_TYPES:
         shutil.copyfile(src_file, dst_file)
         return
+    check_complete(src_file)
     img = sitk.ReadImage(str(src_file))
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetError(src_file, "label map has vector pixels", "store one integer label per voxel")
@@ -388,7 +391,7 @@ def convert_msd_dataset(src: Path, raw_root: Path, dataset_id: int | None = None
         _run_jobs(jobs, num_processes, what=f"conversion of {src.name}")
         write_json_atomic(tmp / "dataset.json", v2)
         write_json_atomic(tmp / MARKER, _marker(src, "msd"))
-    except BaseException:
+    except BaseException:  # also on Ctrl-C: remove the half-converted folder, then re-raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     target = _publish(tmp, target, src)
@@ -474,7 +477,7 @@ def import_dataset_folder(src: Path, raw_root: Path, dataset_id: int | None = No
         if fixed is not raw_dj:
             write_json_atomic(tmp / "dataset.json", fixed)
         write_json_atomic(tmp / MARKER, _marker(src, "v2"))
-    except BaseException:
+    except BaseException:  # also on Ctrl-C: remove the half-converted folder, then re-raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     target = _publish(tmp, target, src)

@@ -53,3 +53,9 @@ class ImageIO(ABC):
 
 def seg_dtype(seg: np.ndarray) -> type:
     return np.uint8 if seg.size == 0 or int(seg.max()) < 255 else np.uint16
+
+
+def is_2d_case(shape: Sequence[int], spacing: Sequence[float]) -> bool:
+    """Whether a case of spatial ``shape`` and ``spacing`` (reader order) came from 2D files: the readers give
+    those a first axis of size 1 with the dummy spacing ``999 * max(spacing)`` (or 999), see the module doc."""
+    return len(shape) == 3 and shape[0] == 1 and spacing[0] >= 998.0 * max(spacing[1:])

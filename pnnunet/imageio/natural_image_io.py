@@ -16,6 +16,10 @@ from pnnunet.errors import DatasetError
 from pnnunet.fileio import atomic_path
 from pnnunet.imageio.base import ImageIO, seg_dtype
 
+# what imageio/PIL raise for a missing, truncated or not-an-image file (measured on PNGs: truncated -> OSError,
+# garbage or empty -> RuntimeError, a PNG signature followed by garbage -> SyntaxError from PIL's parser)
+_BROKEN_FILE_ERRORS = (OSError, RuntimeError, ValueError, SyntaxError, IndexError, KeyError)
+
 
 class NaturalImage2DIO(ImageIO):
     name = "NaturalImage2DIO"
@@ -26,7 +30,7 @@ class NaturalImage2DIO(ImageIO):
         for p in map(Path, paths):
             try:
                 arr = skio.imread(str(p))
-            except Exception as e:  # PIL/imageio raise many types for broken files
+            except _BROKEN_FILE_ERRORS as e:
                 raise DatasetError(p, f"cannot be read as a 2D image ({type(e).__name__}: {e})",
                                    "check that the file exists, is complete and is a PNG/BMP/TIF image") from None
             if arr.ndim == 3:  # (X, Y, channels) → (channels, 1, X, Y)

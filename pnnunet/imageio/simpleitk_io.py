@@ -16,9 +16,11 @@ import SimpleITK as sitk
 from pnnunet.errors import DatasetError
 from pnnunet.fileio import atomic_path
 from pnnunet.imageio.base import ImageIO, seg_dtype
+from pnnunet.imageio.completeness import check_complete
 
 
 def _read_one(path: Path) -> sitk.Image:
+    check_complete(path)  # SimpleITK reads a truncated NIfTI without error, zero-filled
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:  # SimpleITK raises RuntimeError for unreadable files

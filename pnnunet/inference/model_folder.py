@@ -134,18 +134,18 @@ def _no_fold_error(model_dir: Path, stem: str) -> PnnunetError:
                         f"another checkpoint with -chk (e.g. checkpoint_best)")
 
 
-def _check_checkpoint(ckpt: dict, path: Path, configuration: str, plans: dict) -> None:
+def _check_checkpoint(ckpt: dict, path: Path, configuration: str, plans: dict, dataset_json: dict) -> None:
     """The checkpoint was made for ``configuration`` with a plan equal to ``plans`` where it matters."""
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt:
         raise PnnunetError(f"{path}: not a pnnunet checkpoint (no network_weights)\n"
                            "  fix: use a checkpoint written by pnnunet_train")
-    problem = plan_mismatch(ckpt, configuration, plans)
+    problem = plan_mismatch(ckpt, configuration, plans, dataset_json)
     if problem is not None:
         stored = (ckpt.get("init_args") or {}).get("configuration")
         fix = (f"move the fold into the matching model folder (<Trainer>__<Plans>__{stored}) or predict with "
                f"-c {stored}") if stored != configuration else \
-            "restore the plans.json the fold was trained with, or retrain the fold"
-        raise PnnunetError(f"{path}: {problem} (this model folder's plans.json)\n  fix: {fix}")
+            "restore the plans.json and dataset.json the fold was trained with, or retrain the fold"
+        raise PnnunetError(f"{path}: {problem} (this model folder's plans.json / dataset.json)\n  fix: {fix}")
 
 
 def _to_numpy(weights: dict) -> dict:
@@ -223,7 +223,7 @@ def load_model_folder(model_dir: Path | str, folds: Sequence[Fold] | None = None
             labels = LabelInfo.from_dataset_json(dataset_json, dataset_file)
             n_in = num_network_inputs(dataset_json, ConfigurationPlan.from_plans(plans, configuration).previous_stage)
             ckpt, path = load_upstream_fold(pth, plan_configuration, n_in, labels.num_segmentation_heads, cache_dir)
-        _check_checkpoint(ckpt, path, configuration, plans)
+        _check_checkpoint(ckpt, path, configuration, plans, dataset_json)
         axes = ckpt.get("inference_allowed_mirroring_axes")
         axes = default_mirror_axes(patch) if axes is None else tuple(int(a) for a in axes)
         loaded.append(FoldModel(fold, path, _to_numpy(ckpt["network_weights"]), axes))

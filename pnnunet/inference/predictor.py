@@ -34,13 +34,14 @@ import pnnunet
 from pnnunet.dataset.cases import get_inference_cases
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import PnnunetError
-from pnnunet.fileio import load_json, write_json_atomic
+from pnnunet.fileio import ensure_writable_folder, load_json, remove_stale_temporaries, write_json_atomic
 from pnnunet.imageio import ImageIO, reader_writer_by_name, reader_writer_for
+from pnnunet.inference.case_predictor import CasePredictor
 from pnnunet.inference.export_prediction import export_prediction
 from pnnunet.inference.model_folder import DEFAULT_CHECKPOINT, Fold, ModelFolder, load_model_folder
 from pnnunet.inference.sliding_window import accumulation_dtype as check_accumulation_dtype
-from pnnunet.inference.case_predictor import CasePredictor
 from pnnunet.inference.static_graph import resolve_precision
+from pnnunet.locks import hold_lock, prediction_lock
 from pnnunet.parallel import call_picklable, single_thread_worker
 from pnnunet.preprocessing.preprocessor import preprocess_case_files
 from pnnunet.preprocessing.previous_stage import append_previous_stage
@@ -189,7 +190,7 @@ def claim_output_folder(output_folder: Path | str, args: dict) -> None:
             raise PnnunetError(f"{output_folder}: holds predictions made with other settings ({detail})\n"
                                "  fix: predict into a new output folder, or delete the old predictions "
                                f"(including {PREDICT_ARGS_FILE}) first")
-    output_folder.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(output_folder)
     write_json_atomic(args_file, args)
 
 
@@ -421,6 +422,16 @@ class Predictor:
             log.info("part %d of %d has no cases (fewer cases than parts): nothing to predict", *part)
             return PredictionSummary(output_folder, 0, 0, 0, 0.0, self.current_backend)
         previous = self._previous_stage_files(cases, previous_stage_predictions)
+        ensure_writable_folder(output_folder)
+        with hold_lock(prediction_lock(output_folder, part), f"the output folder (part {part[0]} of {part[1]})"
+                       if part[1] > 1 else "the output folder"):
+            return self._predict_cases(cases, output_folder, save_probabilities, continue_prediction,
+                                       num_preprocessing_workers, num_export_workers, previous)
+
+    def _predict_cases(self, cases: dict[str, list[Path]], output_folder: Path, save_probabilities: bool,
+                       continue_prediction: bool, num_preprocessing_workers: int, num_export_workers: int,
+                       previous: dict[str, Path] | None) -> PredictionSummary:
+        remove_stale_temporaries(output_folder)  # left by a killed run
         self._claim_output_folder(output_folder)
         todo = {c: f for c, f in cases.items()
                 if not (continue_prediction and self._is_done(output_folder, c, save_probabilities))}

@@ -12,9 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
+from pnnunet import plans as plans_module
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import DatasetError, PnnunetError
-from pnnunet import plans as plans_module
+from pnnunet.imageio.base import is_2d_case
 from pnnunet.preprocessing.class_locations import location_classes, sample_foreground_locations
 from pnnunet.preprocessing.cropping import crop_to_nonzero
 from pnnunet.preprocessing.normalization import normalize
@@ -111,6 +112,23 @@ def preprocess_case(data: np.ndarray, seg: np.ndarray | None, properties: dict, 
     return data.astype(np.float32, copy=False), seg, props
 
 
+def check_dimensionality(image_file: Path | str, shape: Sequence[int], spacing: Sequence[float], plans: dict) -> None:
+    """A :class:`DatasetError` naming ``image_file`` when a 2D case meets plans made for 3D data or the reverse
+    (the plans' median image shape and spacing tell which; upstream plans have them too)."""
+    med_shape = plans.get("original_median_shape_after_transp")
+    med_spacing = plans.get("original_median_spacing_after_transp")
+    if not med_shape or not med_spacing or len(med_shape) != 3:
+        return
+    order = np.argsort(plans.get("transpose_forward", [0, 1, 2]))  # back to reader order
+    plans_2d = is_2d_case([med_shape[i] for i in order], [med_spacing[i] for i in order])
+    case_2d = is_2d_case(shape, spacing)
+    if plans_2d != case_2d:
+        kind, other = ("2D", "3D") if case_2d else ("3D", "2D")
+        raise DatasetError(image_file, f"is a {kind} image (shape {tuple(int(s) for s in shape)}) but the model "
+                                       f"or plans were made for {other} images",
+                           f"give {other} images of the kind the dataset was trained on")
+
+
 def preprocess_case_files(image_files: Sequence[Path | str], seg_file: Path | str | None, plans: dict,
                           configuration: str | dict, dataset_json: dict, reader_writer,
                           class_locations: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -120,6 +138,7 @@ def preprocess_case_files(image_files: Sequence[Path | str], seg_file: Path | st
     stage's prediction of a cascade, with ``class_locations=False``).
     """
     data, properties = reader_writer.read_images(list(image_files))
+    check_dimensionality(image_files[0], data.shape[1:], properties["spacing"], plans)
     seg = reader_writer.read_seg(seg_file)[0] if seg_file is not None else None
     if seg is not None and seg.shape[1:] != data.shape[1:]:
         raise DatasetError(seg_file, f"has shape {seg.shape[1:]} but the images {data.shape[1:]}",

@@ -102,7 +102,8 @@ def load_upstream_properties(path: Path | str) -> dict:
             props = AllowListUnpickler(f, _ALLOWED_GLOBALS, _refusal(path)).load()
     except PnnunetError:
         raise
-    except Exception as e:  # truncated or not a pickle
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, KeyError, IndexError, OverflowError,
+            UnicodeDecodeError, AttributeError) as e:  # unreadable, truncated or not a pickle of plain values
         raise PnnunetError(f"{path}: cannot be read as nnU-Net case properties ({type(e).__name__}: {e})\n"
                            "  fix: preprocess the dataset again (pnnunet_plan_and_preprocess)") from None
     return convert_upstream_properties(props, path)

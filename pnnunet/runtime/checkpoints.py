@@ -22,10 +22,17 @@ from pnnunet.runtime.device import import_paddle, raise_if_out_of_memory
 PLAN_KEYS_CHECKED = ("patch_size", "spacing", "architecture", "normalization_schemes")
 
 
-def plan_mismatch(ckpt: dict, configuration: str, plans: dict) -> str | None:
-    """Why ``ckpt`` was not made for ``configuration`` of ``plans`` (None when it was, or when the
-    checkpoint does not say): the one compatibility check of training (``--c``) and prediction."""
+def plan_mismatch(ckpt: dict, configuration: str, plans: dict, dataset_json: dict | None = None) -> str | None:
+    """Why ``ckpt`` was not made for ``configuration`` of ``plans`` (and, when given, the labels and channels
+    of ``dataset_json``); None when it was, or when the checkpoint does not say: the one compatibility check
+    of training (``--c``) and prediction."""
     init_args = ckpt.get("init_args") or {}
+    stored_dj = init_args.get("dataset_json")
+    if dataset_json is not None and isinstance(stored_dj, dict):
+        for key in ("labels", "channel_names"):
+            if key in stored_dj and key in dataset_json and stored_dj[key] != dataset_json[key]:
+                return (f"was trained with other dataset.json {key} ({stored_dj[key]}, here {dataset_json[key]}): "
+                        "it belongs to another dataset or label set")
     stored = init_args.get("configuration")
     if stored is not None and stored != configuration:
         return f"was trained for configuration '{stored}', not '{configuration}'"
@@ -76,16 +83,37 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         paddle.save(payload, str(tmp))
 
 
+# what paddle.load raises for a file that is not (or no longer) a complete checkpoint: it wraps its own
+# parse failures as ValueError ("can not parse the file"); an empty file gives EOFError
+CORRUPT_FILE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError)
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Load a pnnunet checkpoint (a pickle: load only checkpoints you made)."""
+    """Load a pnnunet checkpoint (a pickle: load only checkpoints you made).
+
+    Only a file that cannot be parsed gets the advice to delete it; running out of memory, a file that
+    cannot be read (permissions, I/O error) or a module the pickle needs are reported as what they are,
+    since the checkpoint may be fine. Anything else propagates unchanged.
+    """
     paddle = import_paddle()
+    keep = "the checkpoint itself may be fine: do not delete it"
     try:
         return paddle.load(str(path))
-    except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError, OSError, KeyError, IndexError) as e:
-        # a corrupted or foreign file; out of memory is not the file's fault: never advise deleting it then
-        raise_if_out_of_memory(e, f"loading {path}", "free memory (close other programs), then retry")
+    except (MemoryError, RuntimeError) as e:
+        raise_if_out_of_memory(e, f"loading {path}", f"free memory (close other programs), then retry; {keep}")
+        raise
+    except ImportError as e:
+        raise PnnunetError(f"{path}: loading it needs the Python module '{e.name}', which is not installed\n"
+                           f"  fix: install the package that provides it and retry; {keep}") from None
+    except FileNotFoundError:
+        raise PnnunetError(f"{path}: checkpoint not found\n  fix: check the path, or train the fold") from None
+    except CORRUPT_FILE_ERRORS as e:
         raise PnnunetError(f"{path}: cannot be loaded as a pnnunet checkpoint ({type(e).__name__}: {e})\n"
-                           "  fix: delete it and resume from another checkpoint, or retrain") from None
+                           "  fix: the file is damaged or not a checkpoint; delete it and resume from another "
+                           "checkpoint (--c), or retrain") from None
+    except OSError as e:  # permissions, I/O errors: the file could not be read, not found to be broken
+        raise PnnunetError(f"{path}: cannot be read ({e.strerror or e})\n"
+                           f"  fix: check the file's permissions and the disk, then retry; {keep}") from None
 
 
 def latest_existing(fold_dir: Path) -> Path | None:

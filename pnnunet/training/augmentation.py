@@ -288,7 +288,7 @@ class BatchIterator:
     def __del__(self):
         try:
             self.close()
-        except Exception:  # interpreter shutdown: multiprocessing may already be gone
+        except Exception:  # noqa: BLE001 - __del__ at interpreter shutdown: multiprocessing may already be gone
             pass
 
 

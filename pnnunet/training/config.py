@@ -23,7 +23,6 @@ from pnnunet.errors import PnnunetError
 UPSTREAM_EPOCHS = (1, 5, 10, 20, 50, 100, 250, 500, 750, 2000, 4000, 8000)
 UPSTREAM_EPOCHS_NO_MIRRORING = (250, 2000, 4000, 8000)
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     num_epochs: int = 1000
@@ -56,8 +55,26 @@ class TrainConfig:
     # RAM (benchmarks/RESULTS.md, "Recomputed encoder stages"), one more forward pass of those stages.
     cpu_recompute_stages: int = 2
 
+    def __post_init__(self) -> None:
+        for name, (flag, minimum) in _LOWER_BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < minimum:
+                raise PnnunetError(f"{flag} {value}: must be a whole number >= {minimum}\n"
+                                   f"  fix: {_BOUND_FIXES[name]}")
+
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+# the settings a user gives as numbers: (the pnnunet_train flag that sets it, smallest allowed value)
+_LOWER_BOUNDS = {"num_epochs": ("--epochs", 1), "iterations_per_epoch": ("--iterations_per_epoch", 1),
+                 "val_iterations_per_epoch": ("--val_iterations_per_epoch", 1), "save_every": ("--save_every", 1),
+                 "num_workers": ("--num_workers", 0)}
+_BOUND_FIXES = {"num_epochs": "train at least one epoch (to only validate a trained fold use --val)",
+                "iterations_per_epoch": "give at least one iteration per epoch",
+                "val_iterations_per_epoch": "give at least one validation iteration per epoch",
+                "save_every": "write checkpoint_latest every N >= 1 epochs (1 = every epoch)",
+                "num_workers": "give 0 (augment in the training process) or more worker processes"}
 
 
 _FIXED_VARIANTS: dict[str, dict] = {

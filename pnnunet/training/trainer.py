@@ -29,13 +29,12 @@ import pnnunet
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
-from pnnunet.fileio import write_json_atomic
+from pnnunet.fileio import atomic_path, remove_stale_temporaries, write_json_atomic
 from pnnunet.heap import trim_heap
 from pnnunet.inference.export_prediction import sigmoid
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
-from pnnunet.preprocessing.previous_stage import (check_previous_stage_available, next_stage_folder,
-                                                  num_network_inputs)
+from pnnunet.preprocessing.previous_stage import check_previous_stage_available, next_stage_folder, num_network_inputs
 from pnnunet.preprocessing.storage import list_cases
 from pnnunet.runtime import amp
 from pnnunet.runtime import checkpoints as ck
@@ -126,10 +125,10 @@ class TrainingJob:
 def _check_compatible(ckpt: dict, job: TrainingJob, path: Path, check_schedule: bool = True) -> None:
     """Refuse a checkpoint made with other plans; with ``check_schedule`` (resuming, --c) also one trained
     for another number of epochs. Validating a finished checkpoint (--val) does not depend on the schedule."""
-    problem = ck.plan_mismatch(ckpt, job.configuration, job.plans)
+    problem = ck.plan_mismatch(ckpt, job.configuration, job.plans, job.dataset_json)
     if problem is not None:
         raise PnnunetError(f"{path}: {problem}\n  fix: retrain without --c (or in a new output folder), or restore "
-                           "the plans file the checkpoint was made with")
+                           "the plans file and dataset.json the checkpoint was made with")
     stored = ckpt.get("init_args", {})
     if check_schedule and stored.get("num_epochs") not in (None, job.config.num_epochs):
         raise PnnunetError(f"{path}: was trained for {stored['num_epochs']} epochs, now {job.config.num_epochs} "
@@ -238,9 +237,11 @@ class Trainer:
         if self.dist.is_main:  # one writer in a data-parallel job
             ck.save_checkpoint(ck.checkpoint_path(self.job.fold_dir, name), self._payload())
 
-    def _restore(self, path: Path) -> None:
-        state = ck.load_checkpoint(path)
-        _check_compatible(state, self.job, path)
+    def _restore(self, path: Path, state: dict | None = None) -> None:
+        """Restore the training state from ``path`` (``state``: its already loaded and checked content)."""
+        if state is None:
+            state = ck.load_checkpoint(path)
+            _check_compatible(state, self.job, path)
         self.network.set_state_dict(state["network_weights"])
         ck.load_optimizer_state(self.network, self.optimizer, state["optimizer_state"])
         if self.scaler is not None and state.get("grad_scaler_state"):
@@ -323,8 +324,13 @@ class Trainer:
         paddle = import_paddle()
         job, cfg = self.job, self.cfg
         train_ids, val_ids = self.check_inputs()
+        resume_from = ck.latest_existing(job.fold_dir) if resume else None
+        if resume_from is not None:  # a damaged or foreign checkpoint is refused before anything is written
+            state = ck.load_checkpoint(resume_from)
+            _check_compatible(state, job, resume_from)
         job.fold_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
+            remove_stale_temporaries(job.fold_dir)  # e.g. a checkpoint write cut by kill -9
             self._write_model_files()
         log.info("pnnunet %s, paddle %s, device %s, precision %s | %s fold %s: %d training, %d validation cases",
                  pnnunet.__version__, paddle.__version__, job.device, self.precision, job.configuration, job.fold,
@@ -340,8 +346,9 @@ class Trainer:
         with paddle.utils.unique_name.guard():
             paddle.seed(cfg.seed)
             self.build()
-            if resume and (path := ck.latest_existing(job.fold_dir)) is not None:
-                self._restore(path)
+            if resume_from is not None:
+                self._restore(resume_from, state)
+                del state
             else:
                 if resume:
                     log.info("no checkpoint in %s: starting from scratch", job.fold_dir)
@@ -466,7 +473,8 @@ class Trainer:
         write_json_atomic(md / "dataset.json", self.job.dataset_json)
         fp = self.job.preprocessed_dataset_dir / "dataset_fingerprint.json"
         if fp.is_file():
-            shutil.copyfile(fp, md / "dataset_fingerprint.json")
+            with atomic_path(md / "dataset_fingerprint.json") as tmp:
+                shutil.copyfile(fp, tmp)
         write_json_atomic(self.job.fold_dir / "train_config.json",
                           {"trainer": self.job.trainer_name, **self.cfg.__dict__, "device": self.job.device,
                            "precision": self.precision, "num_processes": self.dist.world_size})

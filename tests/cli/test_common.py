@@ -87,3 +87,21 @@ def test_info_lines_survive_importing_paddle_after_setup():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "epoch line after import paddle" in out.stdout
+
+
+def test_issue_14_warnings_are_marked_on_stdout_and_in_the_training_log(tmp_path, capsys):
+    def body(_args):
+        handler = add_training_log(tmp_path / "training_log.txt")
+        try:
+            logging.getLogger("pnnunet.dataset").warning("case x skipped\nsecond line")
+            logging.getLogger("pnnunet.dataset").info("plain line")
+        finally:
+            train_log.removeHandler(handler)
+            handler.close()
+        return 0
+
+    assert run_cli(body, argparse.ArgumentParser(), []) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["warning: case x skipped", "         second line", "plain line"]
+    log_lines = (tmp_path / "training_log.txt").read_text().splitlines()
+    assert log_lines[0].split(" ", 2)[2] == "warning: case x skipped" and "warning" not in log_lines[2]

@@ -102,6 +102,38 @@ def test_nan_and_inf_in_image(tmp_path, synth):
     assert "1 NaN voxel(s) and 1 inf voxel(s)" in p.problem
 
 
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_issue_14_nan_and_inf_in_nifti_image(tmp_path, synth, ending):
+    """SimpleITK reads NaN/inf in NIfTI as 0; the check counts them on nibabel's raw voxels."""
+    folder = synth.make_v2_dataset(tmp_path, n_cases=2, n_channels=1, file_ending=ending)
+    f = folder / "imagesTr" / f"case_001_0000{ending}"
+    img = synth.read_array(f)
+    img[1, 2, 3], img[1, 2, 4], img[2, 2, 3] = np.nan, np.nan, -np.inf
+    synth.write_nifti(f, img)
+    assert not np.isnan(synth.read_array(f)).any()  # the blind spot this test is about
+    (p,) = _problems(folder)
+    assert p.path == f and "2 NaN voxel(s) and 1 inf voxel(s)" in p.problem
+
+
+def test_issue_14_label_without_image_is_named(tmp_path, synth):
+    folder = synth.make_v2_dataset(tmp_path, n_cases=3, n_channels=2)
+    (folder / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    (folder / "imagesTr" / "case_001_0001.nii.gz").unlink()
+    (folder / "labelsTr" / "case_002.nii.gz").unlink()  # and an image without its label
+    problems = _problems(folder)
+    by_path = {p.path: p.problem for p in problems}
+    assert "label file without image" in by_path[folder / "labelsTr" / "case_001.nii.gz"]
+    assert "missing label file of case 'case_002'" in by_path[folder / "labelsTr" / "case_002.nii.gz"]
+
+
+def test_issue_14_truncated_nifti_is_named(tmp_path, synth):
+    folder = synth.make_v2_dataset(tmp_path, n_cases=2, n_channels=1)
+    f = folder / "imagesTr" / "case_000_0000.nii.gz"
+    f.write_bytes(f.read_bytes()[:-40])
+    (p,) = _problems(folder)
+    assert p.path == f and "truncated" in p.problem
+
+
 def test_num_training_mismatch(tmp_path, synth):
     folder = synth.make_v2_dataset(tmp_path, n_cases=2, n_channels=1)
     _set_json(folder, numTraining=3)

@@ -99,3 +99,36 @@ def test_unsupported_ending_and_unknown_reader():
     with pytest.raises(DatasetError, match="unknown"):
         reader_writer_by_name("TorchIO")
     assert isinstance(reader_writer_by_name("NibabelIOWithReorient"), SimpleITKIO)
+
+
+@pytest.mark.parametrize("cut", ["half", "trailer"])
+def test_issue_14_truncated_nii_gz_is_refused(tmp_path, cut):
+    """SimpleITK reads a truncated .nii.gz zero-filled; every read goes through the completeness check."""
+    from pnnunet.imageio.simpleitk_io import SimpleITKIO
+
+    f = tmp_path / "img.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32)),
+                    str(f), True)
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2] if cut == "half" else data[:-4])
+    sitk.ReadImage(str(f))  # SimpleITK itself does not notice
+    with pytest.raises(DatasetError, match="truncated") as e:
+        SimpleITKIO().read_images([f])
+    assert e.value.path == f
+
+
+def test_issue_14_short_uncompressed_nii_and_bad_crc(tmp_path):
+    from pnnunet.imageio.simpleitk_io import SimpleITKIO
+
+    f = tmp_path / "img.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((10, 10, 10), np.float32)), str(f))
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(DatasetError, match=r"4252 bytes \(uncompressed\) where its header announces 4352"):
+        SimpleITKIO().read_images([f])
+    g = tmp_path / "img.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((10, 10, 10), np.float32)), str(g), True)
+    data = bytearray(g.read_bytes())
+    data[-8] ^= 0xFF  # the CRC in the gzip trailer
+    g.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="corrupt"):
+        SimpleITKIO().read_images([g])

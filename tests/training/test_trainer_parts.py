@@ -100,3 +100,45 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(PnnunetError, match="cannot be loaded"):
         ck.load_checkpoint(bad)
     assert ck.latest_existing(tmp_path) == bad
+
+
+def test_issue_14_only_a_damaged_checkpoint_gets_the_delete_advice(tmp_path, monkeypatch):
+    """Out of memory, a module the pickle needs, an unreadable file: reported as such, never 'delete it'."""
+    import pickle
+    import sys
+    import types
+
+    good = tmp_path / "checkpoint_final.pdparams"
+    ck.save_checkpoint(good, {"w": np.ones(3, np.float32)})
+    truncated = tmp_path / "checkpoint_latest.pdparams"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(PnnunetError, match="damaged or not a checkpoint; delete it"):
+        ck.load_checkpoint(truncated)
+
+    ghost = types.ModuleType("pnnunet_ghost_module")
+    ghost.Thing = type("Thing", (), {"__module__": "pnnunet_ghost_module"})
+    monkeypatch.setitem(sys.modules, "pnnunet_ghost_module", ghost)
+    needs_module = tmp_path / "needs_module.pdparams"
+    needs_module.write_bytes(pickle.dumps({"t": ghost.Thing()}, protocol=4))
+    monkeypatch.delitem(sys.modules, "pnnunet_ghost_module")
+    with pytest.raises(PnnunetError, match="needs the Python module 'pnnunet_ghost_module'") as e:
+        ck.load_checkpoint(needs_module)
+    assert "do not delete it" in str(e.value)
+
+    def out_of_memory(*_a, **_k):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(paddle, "load", out_of_memory)
+    with pytest.raises(PnnunetError, match="out of memory while loading") as e:
+        ck.load_checkpoint(good)
+    assert "do not delete it" in str(e.value)
+
+    def bug(*_a, **_k):
+        raise TypeError("a bug in our code")
+
+    monkeypatch.setattr(paddle, "load", bug)
+    with pytest.raises(TypeError):  # not turned into advice about the file
+        ck.load_checkpoint(good)
+    monkeypatch.setattr(paddle, "load", lambda *_a, **_k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(PnnunetError, match="cannot be read \\(Permission denied\\)"):
+        ck.load_checkpoint(good)
