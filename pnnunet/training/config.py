@@ -36,6 +36,11 @@ class TrainConfig:
     # CPU only: run convolutions (forward and backward) through the oneDNN library inside Paddle's
     # wheel (runtime/onednn/); same numbers up to float32 rounding, ~3.5x faster than eager.
     fast_cpu_convolutions: bool = True
+    # CPU only (--bf16): the oneDNN convolutions (forward, backward-data, backward-weights) in
+    # bfloat16 with float32 accumulation, on CPUs with native bfloat16 (AVX512-BF16 or AMX);
+    # parameters, optimizer, normalisation and loss stay float32. Elsewhere training stays float32
+    # and says so. Off by default until the Hippocampus accuracy check holds (issue 15).
+    cpu_bf16: bool = False
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
