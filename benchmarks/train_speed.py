@@ -234,8 +234,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def table(summary: dict[str, dict]) -> str:
-    lines = ["| tool / mode | median s/iter | min | n | per-round medians | x upstream | peak RSS GiB | data wait "
-             "| conv GFLOP/step | conv GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| tool / mode | median s/iter | min | n | per-round medians | x upstream | peak RSS GiB | data wait "
+              "| conv GFLOP/step | conv GFLOP/s |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, s in summary.items():
         wait = "" if s["median_data_wait_s"] is None else f"{s['median_data_wait_s']:.3f}"
         rounds = ", ".join(f"{v:.2f}" for v in s["round_medians_s"])
