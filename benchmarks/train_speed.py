@@ -8,9 +8,14 @@ median over all timed iterations of all rounds and the peak RSS of the process t
 data-loading workers included), from benchmarks/measure.py.
 
 pnnunet modes: ``eager`` (stock Paddle dynamic graph), ``onednn`` (convolutions through oneDNN,
-pnnunet.runtime.onednn.layers.accelerate_convolutions), and ``onednn+loader``: onednn with batches
+pnnunet.runtime.onednn.layers.accelerate_convolutions, float32), ``onednn-bf16`` (the same in
+bfloat16 mixed precision, ``pnnunet_train --bf16``; needs a CPU with native bfloat16), and
+``onednn+loader``: onednn with batches
 from ``make_batch_iterators`` (real preprocessed data, augmentation in ``--workers`` background
 processes) instead of the pre-made batch; it also reports how long each iteration waited for data.
+pnnunet modes also count the convolution FLOPs of one step (forward 2·C_in·C_out·k·output voxels per
+convolution, backward-data and backward-weights as much again each; the first layer has no
+backward-data) and report the achieved convolution GFLOP/s (FLOPs / median s per iteration).
 
     /work/venvs/pn/bin/python benchmarks/train_speed.py --preprocessed <pnnunet_preprocessed>/Dataset004_Hippocampus
 
@@ -36,7 +41,7 @@ from measure import run_measured
 
 DEFAULT_PLANS = Path("/work/shared/reference/upstream_hippocampus_220/nnUNetPlans.json")
 DEFAULT_UPSTREAM_PYTHON = Path("/work/venvs/upstream/bin/python")
-MODES = ("upstream", "eager", "onednn", "onednn+loader")
+MODES = ("upstream", "eager", "onednn", "onednn-bf16", "onednn+loader")
 
 
 # ---- batch shared by both tools -------------------------------------------------------------
@@ -92,10 +97,15 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
     fixed = {"data": npz["data"], "target": [npz[f"target_{i}"] for i in range(len(npz.files) - 1)]}
     network = build_network(cfg, fixed["data"].shape[1], a.num_classes, deep_supervision=True)
     n_fast = 0
+    conv_flops = count_conv_flops(network, fixed["data"].shape)
     if a.mode.startswith("onednn"):
         from pnnunet.runtime.onednn.layers import accelerate_convolutions
+        from pnnunet.runtime.onednn.primitives import bf16_supported
 
-        n_fast = accelerate_convolutions(network)
+        low = "bf16" if a.mode == "onednn-bf16" else "f32"
+        if low == "bf16" and not bf16_supported():
+            raise SystemExit("onednn-bf16: this CPU has no native bfloat16 convolutions")
+        n_fast = accelerate_convolutions(network, inference_precision=low, training_precision=low)
         if n_fast == 0:
             raise SystemExit("oneDNN is not available in this Paddle build")
     optimizer = paddle.optimizer.Momentum(
@@ -127,7 +137,7 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
             iters[0].close()
             iters[1].close()
     result = {"tool": "pnnunet", "mode": a.mode, "paddle": paddle.__version__, "threads": a.threads,
-              "onednn_layers": n_fast, "batch_shape": list(fixed["data"].shape),
+              "onednn_layers": n_fast, "batch_shape": list(fixed["data"].shape), "conv_flops": conv_flops,
               "n_parameters": int(sum(int(np.prod(p.shape)) for p in network.parameters())),
               "warmup": a.warmup, "times": times[a.warmup:], "warmup_times": times[:a.warmup],
               "data_wait": waits[a.warmup:], "losses": losses}
@@ -135,6 +145,59 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
 
 
 # ---- driver ---------------------------------------------------------------------------------
+
+
+def peak_worker(a: argparse.Namespace) -> None:
+    """The machine's convolution peak: best GFLOP/s of a large 3D convolution (64 -> 64 channels, 3^3,
+    batch 8 of 24^3) through oneDNN, forward, float32 and bfloat16, ``--threads`` threads."""
+    import paddle
+
+    from pnnunet.runtime.device import set_cpu_threads
+    from pnnunet.runtime.onednn.layers import onednn_conv_inference
+    from pnnunet.runtime.onednn.primitives import bf16_supported
+
+    paddle.set_device("cpu")
+    set_cpu_threads(a.threads)
+    rng = np.random.default_rng(0)
+    x = paddle.to_tensor(rng.standard_normal((8, 64, 24, 24, 24)).astype(np.float32))
+    w = paddle.to_tensor(rng.standard_normal((64, 64, 3, 3, 3)).astype(np.float32) * 0.05)
+    flops = 2 * 64 * 64 * 27 * 8 * 24 ** 3
+    result = {"tool": "peak", "threads": a.threads, "flops": flops}
+    for precision in ("f32", "bf16") if bf16_supported() else ("f32",):
+        times = []
+        for _ in range(a.warmup + a.iterations):
+            t0 = time.perf_counter()
+            onednn_conv_inference(x, w, None, [1] * 3, [1] * 3, precision=precision)
+            times.append(time.perf_counter() - t0)
+        result[f"{precision}_gflops"] = flops / 1e9 / min(times[a.warmup:])
+    Path(a.out).write_text(json.dumps(result, indent=1))
+
+
+def count_conv_flops(network, data_shape) -> int:
+    """Convolution FLOPs of one training step (forward, backward-data, backward-weights) of ``network``
+    on a batch of ``data_shape``, from the layers' output shapes in one no-grad forward."""
+    import paddle
+
+    shapes, hooks = [], []
+    kinds = (paddle.nn.Conv2D, paddle.nn.Conv3D, paddle.nn.Conv2DTranspose, paddle.nn.Conv3DTranspose)
+    for layer in network.sublayers():
+        if isinstance(layer, kinds):
+            hooks.append(layer.register_forward_post_hook(
+                lambda lyr, inp, out: shapes.append((lyr, list(inp[0].shape), list(out.shape)))))
+    with paddle.no_grad():
+        network(paddle.zeros(list(data_shape), dtype="float32"))
+    for h in hooks:
+        h.remove()
+    total = 0
+    for i, (layer, x_shape, y_shape) in enumerate(shapes):
+        w = layer.weight.shape  # conv [out, in, *k], transposed [in, out, *k]: the same product
+        macs = int(np.prod(w))
+        transposed = isinstance(layer, (paddle.nn.Conv2DTranspose, paddle.nn.Conv3DTranspose))
+        # a transposed convolution's MACs scale with its input voxels, a convolution's with its output's
+        voxels = int(np.prod(x_shape[2:] if transposed else y_shape[2:])) * x_shape[0]
+        forward = 2 * macs * voxels
+        total += forward * (2 if i == 0 else 3)  # the input layer needs no input gradient
+    return total
 
 
 def _command(mode: str, a: argparse.Namespace, batch: Path, out: Path) -> list[str]:
@@ -157,7 +220,10 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
     for mode, results in runs.items():
         times = [t for r in results for t in r["times"]]
         waits = [t for r in results for t in r.get("data_wait", [])]
+        flops = results[0].get("conv_flops")
         out[mode] = {"median_s": statistics.median(times), "min_s": min(times), "n": len(times),
+                     "conv_gflop_per_step": flops / 1e9 if flops else None,
+                     "conv_gflops_per_s": flops / 1e9 / statistics.median(times) if flops else None,
                      "round_medians_s": [statistics.median(r["times"]) for r in results],
                      "peak_rss_gib": max(r["peak_rss_bytes"] for r in results) / 2**30,
                      "median_data_wait_s": statistics.median(waits) if waits else None}
@@ -168,13 +234,16 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def table(summary: dict[str, dict]) -> str:
-    lines = ["| tool / mode | median s/iter | min | n | per-round medians | x upstream | peak RSS GiB | data wait |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [("| tool / mode | median s/iter | min | n | per-round medians | x upstream | peak RSS GiB | data wait "
+              "| conv GFLOP/step | conv GFLOP/s |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, s in summary.items():
         wait = "" if s["median_data_wait_s"] is None else f"{s['median_data_wait_s']:.3f}"
         rounds = ", ".join(f"{v:.2f}" for v in s["round_medians_s"])
+        gflop = "" if s.get("conv_gflop_per_step") is None else f"{s['conv_gflop_per_step']:.0f}"
+        rate = "" if s.get("conv_gflops_per_s") is None else f"{s['conv_gflops_per_s']:.0f}"
         lines.append(f"| {mode} | {s['median_s']:.2f} | {s['min_s']:.2f} | {s['n']} | {rounds} | "
-                     f"{s.get('ratio_to_upstream', float('nan')):.2f} | {s['peak_rss_gib']:.2f} | {wait} |")
+                     f"{s.get('ratio_to_upstream', float('nan')):.2f} | {s['peak_rss_gib']:.2f} | {wait} "
+                     f"| {gflop} | {rate} |")
     return "\n".join(lines)
 
 
@@ -207,6 +276,17 @@ def driver(a: argparse.Namespace) -> None:
                   f"peak RSS {res['peak_rss_bytes'] / 2**30:.2f} GiB, load {os.getloadavg()[0]:.1f}", flush=True)
     summary = summarize(runs)
     print(table(summary))
+    if a.peak:
+        out = work / "peak.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", "peak", "--threads",
+               str(a.threads), "--warmup", "2", "--iterations", "8", "--out", str(out)]
+        if run_measured(cmd, env=env, log_file=work / "peak.log")["returncode"] == 0:
+            peak = json.loads(out.read_text())
+            summary["peak"] = peak
+            for key in ("f32_gflops", "bf16_gflops"):
+                if key in peak:
+                    print(f"convolution peak {key.split('_')[0]}: {peak[key]:.0f} GFLOP/s (64->64 3^3 conv, "
+                          f"{a.threads} threads)")
     if a.out:
         Path(a.out).write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()},
                                            "summary": summary, "runs": runs}, indent=1))
@@ -218,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--configuration", default="3d_fullres")
     p.add_argument("--batch_size", type=int, default=None, help="default: the plan's")
     p.add_argument("--num_classes", type=int, default=3, help="output channels (labels incl. background)")
-    p.add_argument("--modes", default="upstream,onednn,eager", help=f"comma-separated, from {MODES}")
+    p.add_argument("--modes", default="upstream,onednn,onednn-bf16", help=f"comma-separated, from {MODES}")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--eager_iterations", type=int, default=3, help="timed iterations of the slow eager mode")
@@ -229,13 +309,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2, help="augmentation worker processes (onednn+loader)")
     p.add_argument("--upstream_python", default=str(DEFAULT_UPSTREAM_PYTHON))
     p.add_argument("--out", default=None, help="write all results as JSON here")
+    p.add_argument("--peak", action="store_true", help="also measure the machine's float32 / bfloat16 "
+                                                       "convolution GFLOP/s (a large oneDNN 3D convolution)")
     # worker-only
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="onednn", help=argparse.SUPPRESS)
     p.add_argument("--batch", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        pnnunet_worker(a)
+        peak_worker(a) if a.mode == "peak" else pnnunet_worker(a)
     else:
         driver(a)
 

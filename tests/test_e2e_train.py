@@ -231,3 +231,32 @@ def test_out_of_memory_is_a_clear_error_and_exit_code_1(workspace, monkeypatch, 
     assert "pnnunet: error: out of memory in host memory (CPU) during a training step" in err
     assert "pnnunet_plan_and_preprocess -d Dataset004_Hippocampus_sample -gpu_memory_target 6" in err
     assert "Traceback" not in err
+
+
+def test_train_bf16_flag_is_recorded_in_log_and_checkpoint(workspace):
+    """``pnnunet_train --bf16``: bfloat16 convolutions on a CPU that has them, else float32 with a warning;
+    either way the log, train_config.json and the checkpoint name the precision used."""
+    from pnnunet.runtime.amp import CPU_BF16
+    from pnnunet.runtime.onednn.primitives import bf16_supported
+
+    env = _env(workspace)
+    env["pnnunet_results"] = str(workspace / "res_bf16")
+    out = subprocess.run(_cli("train", "3d_fullres", "0", "-p", "pnnunetTinyPlans", "--epochs", "1",
+                              "--iterations_per_epoch", "2", "--val_iterations_per_epoch", "1", "--num_workers", "0",
+                              "-device", "cpu", "--no_pbar", "--val_disable_tta", "--val_step_size", "1", "--bf16"),
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    fold = (workspace / "res_bf16" / "Dataset004_Hippocampus_sample" / "pnnunetTrainer__pnnunetTinyPlans__3d_fullres"
+            / "fold_0")
+    expected = CPU_BF16 if bf16_supported() else "float32"
+    log = (fold / "training_log.txt").read_text()
+    assert f"precision {expected}" in log
+    assert bf16_supported() or "falling back to float32" in log
+    config = json.loads((fold / "train_config.json").read_text())
+    assert config["precision"] == expected and config["cpu_bf16"] is True
+
+    import paddle
+
+    state = paddle.load(str(fold / "checkpoint_final.pdparams"))
+    assert state["precision"] == expected
+    assert all(str(v.dtype).endswith("float32") for v in state["network_weights"].values())

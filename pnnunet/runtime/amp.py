@@ -49,6 +49,28 @@ def precision_of(device: str) -> str:
     return "float16 AMP" if amp_enabled_for(device) else "float32"
 
 
+CPU_BF16 = "bfloat16 mixed (oneDNN convolutions)"
+
+
+def training_precision(device: str, cpu_bf16: bool, onednn_convolutions: bool,
+                       bf16_native: bool) -> tuple[str, str | None]:
+    """What training computes in, and why a requested bfloat16 is not used (None if it is, or was not asked).
+
+    GPU: ``"float16 AMP"``. CPU: :data:`CPU_BF16` when ``cpu_bf16`` is asked for, the convolutions run
+    through oneDNN and the CPU has native bfloat16; otherwise ``"float32"``."""
+    if amp_enabled_for(device):
+        return precision_of(device), ("--bf16 is for CPU training; on a GPU training uses float16 AMP"
+                                      if cpu_bf16 else None)
+    if not cpu_bf16:
+        return "float32", None
+    if not onednn_convolutions:
+        return "float32", "--bf16 needs the oneDNN convolutions (not with --no_fast_cpu); training in float32"
+    if not bf16_native:
+        return "float32", ("--bf16: this CPU has no native bfloat16 convolutions (AVX512-BF16 or AMX); "
+                           "falling back to float32")
+    return CPU_BF16, None
+
+
 def autocast_kwargs(device: str, enabled: bool = True) -> dict:
     """Keyword arguments of ``paddle.amp.auto_cast(**kw)`` for a step (training or prediction) on ``device``.
 

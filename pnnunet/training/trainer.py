@@ -6,7 +6,9 @@
 so that optimizer state restores bit-exactly (see checkpoints.py).
 
 On a GPU the steps run under float16 autocast with a GradScaler (:mod:`pnnunet.runtime.amp`); on
-a CPU in float32. With ``job.dist`` of more than one rank the same trainer runs in every process of
+a CPU in float32, or with ``config.cpu_bf16`` (``--bf16``) on a CPU with native bfloat16 the
+oneDNN convolutions compute in bfloat16 with float32 accumulation (float32 master weights,
+optimizer, normalisation and loss). With ``job.dist`` of more than one rank the same trainer runs in every process of
 a data-parallel job (:mod:`pnnunet.runtime.distributed`): the network is wrapped in
 ``paddle.DataParallel``, each rank draws its share of the plan's batch, epoch statistics are
 summed over the ranks, rank 0 alone writes checkpoints, logs and plots, and the final validation
@@ -43,7 +45,7 @@ from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.device import import_paddle, is_out_of_memory
 from pnnunet.runtime.network import recompute_encoder_stages
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
-from pnnunet.runtime.onednn.primitives import release_plans
+from pnnunet.runtime.onednn.primitives import bf16_supported, release_plans
 from pnnunet.training.augmentation import make_batch_iterators
 from pnnunet.training.config import TrainConfig
 from pnnunet.training.deep_supervision import ds_weights
@@ -149,7 +151,11 @@ class Trainer:
         self.pretrained_weights: dict | None = None  # applied to a fresh (not resumed) network
         self._split: tuple[list[str], list[str]] | None = None  # see split()
         self.dist = job.dist
-        self.precision = amp.precision_of(job.device)
+        self.precision, fallback = amp.training_precision(
+            job.device, self.cfg.cpu_bf16, self.cfg.fast_cpu_convolutions,
+            bf16_native=self.cfg.cpu_bf16 and not amp.amp_enabled_for(job.device) and bf16_supported())
+        if fallback is not None:
+            log.warning(fallback)
         self.skipped_steps = 0  # AMP steps skipped because of inf/nan gradients, this epoch
         self.batch_size, self.oversample = self._batch_and_oversample()
 
@@ -182,7 +188,9 @@ class Trainer:
         log.info("network %s, %s parameters", type(self.network).__name__,
                  f"{sum(int(np.prod(p.shape)) for p in self.network.parameters()):,}")
         if self.job.device == "cpu" and self.cfg.fast_cpu_convolutions:
-            log.debug("CPU: %d convolution layers run through oneDNN", accelerate_convolutions(self.network))
+            low = "bf16" if self.precision == amp.CPU_BF16 else "f32"  # the epoch's validation patches too
+            log.debug("CPU: %d convolution layers run through oneDNN (%s)", accelerate_convolutions(
+                self.network, inference_precision=low, training_precision=low), low)
         if self.job.device == "cpu":
             log.debug("CPU: %d encoder stage(s) recomputed in the backward pass",
                       recompute_encoder_stages(self.network, self.cfg.cpu_recompute_stages))
@@ -249,6 +257,8 @@ class Trainer:
         self.progress = ProgressLog.from_dict(state["logging"])
         self.current_epoch = int(state["current_epoch"])
         log.info("resumed from %s at epoch %d", path.name, self.current_epoch)
+        if state.get("precision", self.precision) != self.precision:
+            log.warning("%s was trained in %s so far, continuing in %s", path.name, state["precision"], self.precision)
 
     @property
     def mirror_axes(self) -> list[int]:

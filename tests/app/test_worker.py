@@ -58,8 +58,9 @@ def test_app_segments_like_pnnunet_predict(tiny_models, tmp_path):
         stages = [p["stage"] for p in seen]
         assert {"importing", "predicting", "statistics and report", "done"} <= set(stages)
         tiles = [(p["tile"], p["tiles"]) for p in seen if p["stage"] == "predicting" and p.get("tiles")]
-        # polled: the readings seen move forward through one case's tiles (the last one may be missed)
-        assert len({t for t, _ in tiles}) >= 2 and tiles == sorted(tiles) and all(0 < t <= n for t, n in tiles)
+        # polled, and throttled by the worker: on a quiet machine a tiny model's few tiles may pass between two
+        # polls, so only the order and bounds of what was seen are checked here (the writes: test_progress_file)
+        assert tiles == sorted(tiles) and all(0 < t <= n for t, n in tiles)
         assert s["result"]["labels"] == {"1": "Anterior", "2": "Posterior"}
         assert s["result"]["colors"] == {"1": list(default_color(1)), "2": list(default_color(2))}  # as the report
         stats = client.get(f"/api/jobs/{s['id']}/download/statistics_json").json()
@@ -101,3 +102,23 @@ def test_dicom_zip_is_imported_and_gets_a_dicom_seg(tiny_models, tmp_path):
         image = sitk.ReadImage(str(tmp_path / "jobs" / s["id"] / "view" / "image.nii.gz"))
         assert image.GetSize() == (16, 16, 5)
 
+
+
+def test_progress_file_writes_stage_changes_and_the_last_tile_and_throttles_the_rest(tmp_path, monkeypatch):
+    from pnnunet.app import worker
+
+    clock = iter([0.0, 0.01, 0.02, 0.03, 0.30, 0.31, 0.32])
+    monkeypatch.setattr(worker, "time", type("Clock", (), {"monotonic": staticmethod(lambda: next(clock)),
+                                                           "time": staticmethod(time.time)}))
+    path = tmp_path / "progress.json"
+    written = []
+    monkeypatch.setattr(worker, "write_json_atomic", lambda p, event: written.append((event["stage"], event.get("tile"))))
+    progress = worker.ProgressFile(path)
+    progress({"stage": "predicting", "tile": 1, "tiles": 5})    # new stage: written
+    progress({"stage": "predicting", "tile": 2, "tiles": 5})    # 0.01 s later: throttled
+    progress({"stage": "predicting", "tile": 3, "tiles": 5})    # throttled
+    progress({"stage": "predicting", "tile": 5, "tiles": 5})    # the last tile: written
+    progress({"stage": "predicting", "tile": 1, "tiles": 4})    # 0.27 s after the last write: written
+    progress({"stage": "predicting", "tile": 2, "tiles": 4})    # throttled
+    progress({"stage": "exporting"})                            # new stage: written
+    assert written == [("predicting", 1), ("predicting", 5), ("predicting", 1), ("exporting", None)]

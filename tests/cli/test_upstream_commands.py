@@ -128,7 +128,7 @@ def test_plot_overlay_pngs_raw_and_preprocessed(roots, capsys):
 
     for c in cases:
         png = skio.imread(roots / "png_raw" / f"{c}.png")
-        assert png.ndim == 3 and png.shape[2] == 3
+        assert png.ndim == 3 and png.shape[2] in (3, 4)  # RGB(A), written by matplotlib
         assert np.any(png[..., 0] != png[..., 1])  # coloured labels over the grey image
     shutil.copytree(UPSTREAM_PRE, roots / "preprocessed" / "Dataset004_Hippocampus")
     assert overlay_cli.main(["-d", "4", "-o", str(roots / "png_pre"), "-p", "nnUNetPlans", "-np", "1"]) == 0

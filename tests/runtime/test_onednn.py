@@ -220,6 +220,57 @@ def test_bf16_inference_convolution_is_close_to_float32(name):
     assert 0 < rel_err(out, ref) < 2e-2  # really rounded, and still close
 
 
+BF16_RTOL = 2e-2  # max |bf16 - f32| / max |f32|: 8-bit mantissa operands, float32 accumulation (seen: ~3e-3)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bf16_training_convolution_gradients_are_close_to_float32(name):
+    """Mixed precision: output, input gradient and weight (and bias) gradients of the bfloat16 primitives
+    are float32 tensors within BF16_RTOL of the float32 primitives' -- and not equal to them (really rounded)."""
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 convolutions")
+    transposed, x, w, b, stride, padding, _, rng = case_inputs(name)
+    inputs = [x, w] + ([b] if b is not None else [])
+    results = {}
+    dy = None
+    for precision in ("f32", "bf16"):
+        y = fast_cpu.onednn_conv(x, w, b, stride, padding, transposed, precision)
+        if dy is None:
+            dy = paddle.to_tensor(rng.standard_normal(y.shape).astype(np.float32))
+        results[precision] = [y] + list(paddle.grad([y], inputs, [dy]))
+    for what, low, ref in zip(["output", "input grad", "weight grad", "bias grad"], results["bf16"], results["f32"]):
+        assert low.dtype == paddle.float32 and low.shape == ref.shape, what
+        assert 0 < rel_err(low.numpy(), ref.numpy()) < BF16_RTOL, what
+
+
+def test_bf16_training_layers_keep_float32_parameters_and_gradients():
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 convolutions")
+    paddle.seed(0)
+    conv = paddle.nn.Conv3D(2, 4, 3, padding=1)
+    ref_w, ref_b = conv.weight.detach().clone(), conv.bias.detach().clone()
+    assert fast_cpu.accelerate_convolutions(conv, training_precision="bf16") == 1
+    x = tensor(np.random.default_rng(0), (2, 2, 5, 6, 7))
+    y = conv(x)
+    y.sum().backward()
+    ref = F.conv3d(x, ref_w, ref_b, padding=1)
+    assert RTOL < rel_err(y.numpy(), ref.numpy()) < BF16_RTOL
+    for p in (conv.weight, conv.bias):
+        assert p.dtype == paddle.float32 and p.grad.dtype == paddle.float32
+    with pytest.raises(ValueError, match="training_precision"):
+        fast_cpu.accelerate_convolutions(conv, training_precision="fp16")
+
+
+def test_bf16_inference_plan_refuses_gradients():
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 convolutions")
+    from pnnunet.runtime.onednn.primitives import plan_for
+
+    plan = plan_for(False, [1, 2, 4, 4, 4], [3, 2, 3, 3, 3], [1, 3, 4, 4, 4], [1] * 3, [1] * 3, True, "bf16")
+    with pytest.raises(OneDNNError, match="inference only"):
+        plan.backward_data()
+
+
 def test_bf16_layers_only_without_gradients():
     if not bf16_supported():
         pytest.skip("this CPU has no native bfloat16 convolutions")

@@ -7,6 +7,12 @@ layers run them, forward and backward, through the oneDNN library in the Paddle 
 (:mod:`.capi`, :mod:`.primitives`) from a :class:`paddle.autograd.PyLayer`. Everything else
 (norm, nonlinearity, loss, optimizer) stays in Paddle's dynamic graph.
 
+Mixed precision (``training_precision="bf16"``, on CPUs with native bfloat16: see
+:func:`~pnnunet.runtime.onednn.primitives.bf16_supported`): the three primitives of every
+convolution read their operands rounded to bfloat16 and accumulate and return float32, so the
+parameters (master weights), their gradients, the optimizer, normalisation and loss stay float32;
+only the convolution arithmetic is bfloat16 (the CPU counterpart of float16 autocast on GPUs).
+
 Use :func:`accelerate_convolutions` on a built network: it switches the class of every plain
 ``Conv2D/Conv3D/Conv2DTranspose/Conv3DTranspose`` sublayer to a subclass whose ``forward`` calls
 oneDNN. Parameters, their names and ``state_dict`` keys do not change, so checkpoints and the
@@ -37,10 +43,11 @@ class _OneDNNConv(paddle.autograd.PyLayer):
     """(Transposed) convolution with oneDNN forward, backward-data and backward-weights."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, transposed, stride, padding):
+    def forward(ctx, x, weight, bias, transposed, stride, padding, precision="f32"):
         x, weight = contiguous(x), contiguous(weight)
         y_shape = output_shape(transposed, x.shape, weight.shape, stride, padding)
-        plan = plan_for(transposed, x.shape, weight.shape, y_shape, stride, padding, bias is not None)
+        plan = plan_for(transposed, x.shape, weight.shape, y_shape, stride, padding, bias is not None, precision,
+                        training=True)
         y = paddle.empty(y_shape, dtype="float32")
         ptrs = {ARG_SRC: x.data_ptr(), ARG_WEIGHTS: weight.data_ptr(), ARG_DST: y.data_ptr()}
         if bias is not None:
@@ -80,16 +87,20 @@ class _OneDNNConv(paddle.autograd.PyLayer):
 
 
 def onednn_conv(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None, stride: Sequence[int],
-                padding: Sequence[int], transposed: bool = False) -> paddle.Tensor:
+                padding: Sequence[int], transposed: bool = False, precision: str = "f32") -> paddle.Tensor:
     """Convolution (or transposed convolution) of float32 NC* tensors through oneDNN, with autograd.
 
     Same arguments and result as ``paddle.nn.functional.conv{2,3}d`` (``conv{2,3}d_transpose`` if
     ``transposed``) with groups 1, dilation 1, symmetric integer ``padding`` per spatial axis and
     no output padding. Shapes: x ``(N, C_in, *S)``; weight ``[C_out, C_in, *k]`` (conv) or
-    ``[C_in, C_out, *k]`` (transposed); bias ``[C_out]`` or None.
+    ``[C_in, C_out, *k]`` (transposed); bias ``[C_out]`` or None. ``precision="bf16"``: forward,
+    backward-data and backward-weights with bfloat16 operands and float32 accumulation; the result
+    and the gradients are float32 tensors like the inputs.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     stride, padding = [int(s) for s in stride], [int(p) for p in padding]
-    return _OneDNNConv.apply(x, weight, bias, transposed, stride, padding)
+    return _OneDNNConv.apply(x, weight, bias, transposed, stride, padding, precision)
 
 
 def onednn_conv_inference(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None,
@@ -141,10 +152,12 @@ class _FastConvMixin:
 
     ``_inference_precision`` (set by :func:`accelerate_convolutions`): with ``"bf16"``, calls
     without gradients (``paddle.no_grad()``) run in bfloat16 (forward inference only).
+    ``_training_precision``: with ``"bf16"``, calls with gradients run in mixed precision.
     """
 
     _transposed = False
     _inference_precision = "f32"
+    _training_precision = "f32"
 
     def forward(self, x, output_size=None):
         # static graphs (paddle.jit.to_static / export) and other devices or dtypes: Paddle's kernel
@@ -155,7 +168,8 @@ class _FastConvMixin:
         if self._inference_precision != "f32" and not paddle.is_grad_enabled():
             return onednn_conv_inference(x, self.weight, self.bias, self._stride, self._updated_padding,
                                          self._transposed, self._inference_precision)
-        return onednn_conv(x, self.weight, self.bias, self._stride, self._updated_padding, self._transposed)
+        return onednn_conv(x, self.weight, self.bias, self._stride, self._updated_padding, self._transposed,
+                           self._training_precision)
 
 
 class FastConv2D(_FastConvMixin, nn.Conv2D):
@@ -179,17 +193,21 @@ _FAST = {nn.Conv2D: FastConv2D, nn.Conv3D: FastConv3D, nn.Conv2DTranspose: FastC
 _PLAIN = {fast: plain for plain, fast in _FAST.items()}
 
 
-def accelerate_convolutions(network: nn.Layer, inference_precision: str = "f32") -> int:
+def accelerate_convolutions(network: nn.Layer, inference_precision: str = "f32",
+                            training_precision: str = "f32") -> int:
     """Run the convolutions of ``network`` through oneDNN on CPU (in place); returns how many.
 
     Every sublayer whose class is exactly ``paddle.nn.Conv2D``, ``Conv3D``, ``Conv2DTranspose`` or
     ``Conv3DTranspose`` (groups 1, dilation 1, zero padding, float32, channels first) gets the
     matching ``Fast*`` class; parameters and ``state_dict`` keys stay the same. Does nothing and
     returns 0 when oneDNN is not available (see :func:`onednn_available`).
-    ``inference_precision="bf16"``: calls without gradients compute in bfloat16 (inference).
+    ``inference_precision="bf16"``: calls without gradients compute in bfloat16 (inference);
+    ``training_precision="bf16"``: calls with gradients in bfloat16 mixed precision (the caller
+    checks :func:`~pnnunet.runtime.onednn.primitives.bf16_supported` first).
     """
-    if inference_precision not in PRECISIONS:
-        raise ValueError(f"inference_precision must be one of {PRECISIONS}, got {inference_precision!r}")
+    for what, value in (("inference_precision", inference_precision), ("training_precision", training_precision)):
+        if value not in PRECISIONS:
+            raise ValueError(f"{what} must be one of {PRECISIONS}, got {value!r}")
     if not onednn_available():
         log.info("oneDNN not available, convolutions stay on Paddle's kernels: %s", library_error())
         return 0
@@ -204,6 +222,7 @@ def accelerate_convolutions(network: nn.Layer, inference_precision: str = "f32")
             continue
         layer.__class__ = fast
         layer._inference_precision = inference_precision
+        layer._training_precision = training_precision
         count += 1
     return count
 

@@ -1,5 +1,6 @@
 """oneDNN (transposed) convolution primitives: forward, backward-data and backward-weights for one
-geometry, created on first use and cached, float32 or bfloat16 (forward inference).
+geometry, created on first use and cached, in float32 or bfloat16 (inference, or mixed-precision
+training: bfloat16 operands, float32 accumulation and float32 results).
 
 Built on the C API binding in :mod:`.capi`; used by the Paddle layers in :mod:`.layers`.
 """
@@ -106,16 +107,21 @@ class _ConvPlan:
     w_shape : the Paddle weight shape: ``[out, in, *k]`` (conv) or ``[in, out, *k]`` (transposed)
     stride, padding : per spatial axis (symmetric padding as Paddle's)
     has_bias : the layer adds a bias of shape ``[out]``
-    precision : ``"f32"``, or ``"bf16"`` (forward inference only: input and weights rounded to
-        bfloat16, float32 accumulation and output; see :func:`bf16_supported`)
+    precision : ``"f32"``, or ``"bf16"``: the operands of every primitive are rounded to bfloat16
+        (forward: input and weights; backward-data: output gradient and weights; backward-weights:
+        input and output gradient), accumulation and every result (output, input gradient, weight
+        and bias gradients) stay float32; see :func:`bf16_supported`
+    training : with ``"bf16"``, a forward-training primitive and the two backward primitives
+        (mixed-precision training); otherwise forward inference only. float32 plans always train.
     """
 
     def __init__(self, transposed: bool, x_shape, w_shape, y_shape, stride, padding, has_bias: bool,
-                 precision: str = "f32"):
+                 precision: str = "f32", training: bool = False):
         self.lib = lib = library()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.transposed, self.has_bias, self.precision = transposed, has_bias, precision
+        self.training = training or precision == "f32"
         nsp = len(x_shape) - 2
         kernel = list(w_shape[2:])
         if transposed:
@@ -158,12 +164,16 @@ class _ConvPlan:
         """Create a primitive descriptor whose tensors may take any layout (``*args`` follow them)."""
         x, w, y, b = self.shapes
         lib = self.lib
-        low = BF16 if self.precision == "bf16" else F32  # the output and bias stay float32
-        mds = [lib.md_any(x, low), lib.md_any(w, low), lib.md_any(y), lib.md_any(b) if with_bias else None]
+        low = BF16 if self.precision == "bf16" else F32
+        # operands in ``low``; results (output, gradients) and the bias in float32
+        x_type, w_type, y_type = {"forward": (low, low, F32), "backward_data": (F32, low, low),
+                                  "backward_weights": (low, F32, low)}[which]
+        mds = [lib.md_any(x, x_type), lib.md_any(w, w_type), lib.md_any(y, y_type),
+               lib.md_any(b) if with_bias else None]
         x_md, w_md, y_md, b_md = mds
         try:
             if which == "forward":
-                prop = FWD_INFERENCE if self.precision == "bf16" else FWD_TRAINING
+                prop = FWD_TRAINING if self.training else FWD_INFERENCE
                 return lib._new(f"dnnl_{self.kind}_forward_primitive_desc_create", lib.engine, prop,
                                 self.alg, x_md, w_md, b_md, y_md, *self.geometry, None)
             if which == "backward_data":
@@ -198,8 +208,9 @@ class _ConvPlan:
         return self._fwd
 
     def _check_trainable(self) -> None:
-        if self.precision != "f32":
-            raise OneDNNError(f"{self.precision} convolutions are for inference only (no gradients)")
+        if not self.training:
+            raise OneDNNError(f"this {self.precision} convolution plan is for inference only (no gradients); "
+                              "create it with training=True")
 
     def backward_data(self) -> _Step:
         """Backward-data primitive: ``DIFF_DST, WEIGHTS -> DIFF_SRC``."""
@@ -229,14 +240,16 @@ PRECISIONS = ("f32", "bf16")
 
 
 def plan_for(transposed: bool, x_shape, w_shape, y_shape, stride, padding, has_bias: bool,
-          precision: str = "f32") -> _ConvPlan:
+             precision: str = "f32", training: bool = False) -> _ConvPlan:
+    training = training or precision == "f32"
     key = (transposed, tuple(x_shape), tuple(w_shape), tuple(y_shape), tuple(stride), tuple(padding), has_bias,
-           precision)
+           precision, training)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:  # e.g. prediction of many differently sized inputs
             release_plans()
-        plan = _PLANS[key] = _ConvPlan(transposed, x_shape, w_shape, y_shape, stride, padding, has_bias, precision)
+        plan = _PLANS[key] = _ConvPlan(transposed, x_shape, w_shape, y_shape, stride, padding, has_bias, precision,
+                                       training)
     return plan
 
 
