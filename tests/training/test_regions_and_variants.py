@@ -68,8 +68,12 @@ def test_mirror_axes_of_the_variant_are_recorded_in_the_checkpoint(tmp_path, tra
 
 def test_only_mirror_01_in_2d_is_axis_0(tmp_path):
     t = _trainer(tmp_path, DATASET_JSON, "nnUNetTrainer_onlyMirror01")
-    t.plan = type(t.plan).from_plans({**tiny_plans(), "configurations": {"3d_fullres": {
-        **tiny_plans()["configurations"]["3d_fullres"], "patch_size": [12, 8]}}}, "3d_fullres")
+    c3 = tiny_plans()["configurations"]["3d_fullres"]
+    arch = {**c3["architecture"]["arch_kwargs"], "conv_op": "paddle.nn.Conv2D",
+            "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]]}
+    c2 = {**c3, "data_identifier": "tiny_2d", "patch_size": [12, 8], "spacing": [1.0, 1.0],
+          "architecture": {**c3["architecture"], "arch_kwargs": arch}}
+    t.plan = type(t.plan).from_plans({**tiny_plans(), "configurations": {"2d": c2}}, "2d")
     assert t.mirror_axes == [0]
 
 
