@@ -15,8 +15,8 @@ from tests.conftest import BUNDLED_SAMPLE, REPO
 DATA = REPO / "tests" / "data"
 EXPECTED = DATA / "upstream_move_plans"
 SOURCE_PLANS = {  # as benchmarks/upstream/make_move_plans_fixtures.py lays them out for upstream
-    "nnUNetPlansTiny": DATA / "upstream_models" / "Dataset004_Hippocampus" / "nnUNetTrainer__nnUNetPlansTiny__3d_fullres"
-                       / "plans.json",
+    "nnUNetPlansTiny": (DATA / "upstream_models" / "Dataset004_Hippocampus"
+                        / "nnUNetTrainer__nnUNetPlansTiny__3d_fullres" / "plans.json"),
     "nnUNetPlans": DATA / "upstream_hippocampus_220" / "nnUNetPlans.json",
 }
 CASES = {  # fixture name -> (target, -sp, -tp), the script's CASES

@@ -90,8 +90,9 @@ def test_pnnunet_pdparams_are_taken_too(tmp_path):
     for p in source.parameters():  # values unlike any fresh initialisation
         p.set_value(paddle.full(p.shape, float(np.prod(p.shape) % 7) + 0.5))
     path = tmp_path / "checkpoint_final.pdparams"
-    save_checkpoint(path, {"network_weights": source.state_dict(), "init_args": {
-        "plans": {"dataset_name": "Dataset004_Hippocampus", "plans_name": "pnnunetPlans"}, "configuration": "3d_fullres"}})
+    origin = {"plans": {"dataset_name": "Dataset004_Hippocampus", "plans_name": "pnnunetPlans"},
+              "configuration": "3d_fullres"}
+    save_checkpoint(path, {"network_weights": source.state_dict(), "init_args": origin})
     target = network_of(configuration)
     pretrained = load_pretrained_weights(path)
     assert pretrained.framework == "pnnunet" and pretrained.plans_name == "pnnunetPlans"
@@ -132,8 +133,6 @@ def test_transposed_conv_mismatch_is_the_first_named_when_the_encoder_fits():
     with pytest.raises(PnnunetError) as e:
         check_pretrained_weights(network_of(other), pretrained, "Dataset010_Target", "nnUNetPlans", "3d_fullres")
     msg = str(e.value)
-    assert re.search(r"parameter encoder\.stages\.2\.convs\.0\.conv\.weight is \[16, 8, 3, 3, 3\] in the checkpoint but "
-                     r"\[16, 8, 3, 3, 3\]", msg) is None  # equal shapes are not reported
     assert "parameter decoder.transpconvs.0.weight is [16, 8, 2, 2, 2] in the checkpoint but [16, 8, 2, 2, 1]" in msg
 
 
