@@ -27,8 +27,7 @@ import numpy as np
 
 from pnnunet.errors import PnnunetError
 from pnnunet.runtime.checkpoints import load_checkpoint
-from pnnunet.runtime.torch_checkpoint import read_torch_checkpoint
-from pnnunet.runtime.upstream_weights import weights_from_upstream
+from pnnunet.runtime.upstream_weights import read_upstream_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +82,15 @@ def load_pretrained_weights(path: Path | str, network_class: str = "PlainConvUNe
         raise PnnunetError(f"{path}: pretrained weights not found\n  fix: give the path of a checkpoint: "
                            "fold_K/checkpoint_final.pdparams (pnnunet) or fold_K/checkpoint_final.pth (nnU-Net v2)")
     torch_file = _is_torch_file(path)
-    state = read_torch_checkpoint(path) if torch_file else load_checkpoint(path)
-    weights = state.get("network_weights") if isinstance(state, dict) else None
-    if not isinstance(weights, dict) or not weights:
-        kind = "nnU-Net v2 (.pth)" if torch_file else "pnnunet (.pdparams)"
-        raise PnnunetError(f"{path}: not a {kind} training checkpoint (no network_weights)\n"
-                           "  fix: give the checkpoint_final or checkpoint_best that nnUNetv2_train or pnnunet_train "
-                           "wrote")
     if torch_file:
-        weights = weights_from_upstream(weights, network_class, str(path))
+        state, weights = read_upstream_checkpoint(path, network_class)
     else:
+        state = load_checkpoint(path)
+        weights = state.get("network_weights") if isinstance(state, dict) else None
+        if not isinstance(weights, dict) or not weights:
+            raise PnnunetError(f"{path}: not a pnnunet training checkpoint (no network_weights)\n"
+                               "  fix: give the checkpoint_final or checkpoint_best that pnnunet_train wrote (or an "
+                               "nnU-Net v2 .pth)")
         weights = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in weights.items()}
     dataset_name, plans_name, configuration = _origin(state.get("init_args"))
     return PretrainedWeights(path, {k: v for k, v in weights.items() if not is_head(k)},
