@@ -21,6 +21,7 @@ from pnnunet.plans import load_plans, resolve_configuration
 from pnnunet.runtime import distributed as dist
 from pnnunet.runtime.device import gpu_count, import_paddle, parse_device, pick_device, set_cpu_threads
 from pnnunet.training.config import make_train_config
+from pnnunet.runtime.checkpoints import latest_existing
 from pnnunet.training.pretrained import load_pretrained_weights
 
 log = logging.getLogger("pnnunet")
@@ -53,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                    default=DEFAULT_STEP_SIZE, help=f"final validation tile step as a fraction of the patch "
                                                    f"(default {DEFAULT_STEP_SIZE}; 1 = fewer tiles, faster)")
     p.add_argument("--pretrained_weights", "-pretrained_weights", type=Path, default=None,
-                   help="initialise from this checkpoint (all layers but the segmentation heads)")
+                   help="initialise from this checkpoint, pnnunet's .pdparams or nnU-Net v2's .pth (all layers but the "
+                        "segmentation heads; the network must be the same: move the source's plans first with "
+                        "pnnunet_move_plans_between_datasets). Not re-applied when --c resumes a checkpoint")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--iterations_per_epoch", "--iterations-per-epoch", type=int, default=None)
     p.add_argument("--val_iterations_per_epoch", "--val-iterations-per-epoch", type=int, default=None)
@@ -135,12 +138,25 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                       device, progress_bar=not args.no_pbar, dist=ctx)
     trainer = Trainer(job)
     trainer.check_inputs()  # a clear error before the fold folder and its log are created
+    if args.pretrained_weights is not None and not (args.val or args.val_best):
+        _pretrained(args, job, trainer)
     if ctx.is_distributed:  # the launcher (or the user, around paddle.distributed.launch) holds the fold's lock
         return _train(args, argv, ctx, job, trainer, step_size)
     with hold_lock(fold_lock(job.fold_dir), f"fold {job.fold} of {job.model_dir.name}"):
         if args.num_gpus > 1:
+            trainer.pretrained_weights = None  # checked; each launched process reads them again
             return _launch(args, argv, device, trainer.plan.batch_size)
         return _train(args, argv, ctx, job, trainer, step_size)
+
+
+def _pretrained(args: argparse.Namespace, job, trainer) -> None:
+    """Read --pretrained_weights and check them against the plan's network before anything is written;
+    skipped when --c finds a checkpoint (the weights initialised the training that wrote it)."""
+    if args.resume and latest_existing(job.fold_dir) is not None:
+        log.info("--c: resuming %s; --pretrained_weights %s are not read again", job.fold_dir, args.pretrained_weights)
+        return
+    network_class = str((trainer.plan.raw.get("architecture") or {}).get("network_class_name", "PlainConvUNet"))
+    trainer.check_pretrained(load_pretrained_weights(args.pretrained_weights, network_class))
 
 
 def _train(args: argparse.Namespace, argv: list[str], ctx: dist.DistContext, job, trainer, step_size: float) -> int:
@@ -155,8 +171,6 @@ def _train(args: argparse.Namespace, argv: list[str], ctx: dist.DistContext, job
         log.setLevel(logging.WARNING)
     try:
         if not (args.val or args.val_best):
-            if args.pretrained_weights is not None:
-                trainer.pretrained_weights = load_pretrained_weights(args.pretrained_weights)
             trainer.fit(resume=args.resume)
         summary = trainer.final_validation("checkpoint_best" if args.val_best else "checkpoint_final",
                                            save_probabilities=args.npz, disable_tta=args.val_disable_tta,

@@ -25,8 +25,7 @@ from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.checkpoints import load_checkpoint, save_checkpoint
 from pnnunet.runtime.device import import_paddle
 from pnnunet.runtime.network import weights_mismatch
-from pnnunet.runtime.torch_checkpoint import read_torch_checkpoint
-from pnnunet.runtime.upstream_weights import weights_from_upstream
+from pnnunet.runtime.upstream_weights import read_upstream_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +63,8 @@ def _cached(path: Path, stamp: dict) -> dict | None:
 
 
 def _convert(pth: Path, plan_configuration: dict, num_input_channels: int, num_outputs: int) -> dict:
-    raw = read_torch_checkpoint(pth)
-    if not isinstance(raw, dict) or not isinstance(raw.get("network_weights"), dict):
-        raise PnnunetError(f"{pth}: not an nnU-Net v2 checkpoint (no network_weights)\n  fix: give the "
-                           "checkpoint_final.pth (or checkpoint_best.pth) that nnUNetv2_train wrote")
     arch = plan_configuration.get("architecture") or {}
-    network_class = str(arch.get("network_class_name", "PlainConvUNet"))
-    weights = weights_from_upstream(raw["network_weights"], network_class, str(pth))
+    raw, weights = read_upstream_checkpoint(pth, str(arch.get("network_class_name", "PlainConvUNet")))
     trainer = str(raw.get("trainer_name") or UPSTREAM_TRAINER)
     paddle = import_paddle()
     with paddle.utils.unique_name.guard():

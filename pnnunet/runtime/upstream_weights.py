@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
 from pnnunet.errors import PnnunetError
+from pnnunet.runtime.torch_checkpoint import read_torch_checkpoint
 
 _PLAIN_ENCODER_STAGE = re.compile(r"^encoder\.stages\.(\d+)\.0\.")
 _NORM_WEIGHT = re.compile(r"(^|\.)norm\.weight$")
@@ -75,3 +77,19 @@ def weights_from_upstream(state_dict: Mapping[str, np.ndarray], network_class: s
         array = np.asarray(value)
         out[target] = array.astype(np.float32, copy=False) if array.dtype.kind == "f" else array
     return out
+
+
+def read_upstream_checkpoint(pth: Path | str, network_class: str = "PlainConvUNet") -> tuple[dict, dict[str, np.ndarray]]:
+    """An nnU-Net v2 ``checkpoint_*.pth`` read without torch: (the checkpoint dict, its ``network_weights``
+    under pnnunet's names). Shared by prediction from upstream model folders and ``--pretrained_weights``.
+
+    Raises
+    ------
+    PnnunetError : naming ``pth``: refused or unreadable file (:func:`read_torch_checkpoint`), no
+        ``network_weights`` in it, aliases that disagree.
+    """
+    raw = read_torch_checkpoint(pth)
+    if not isinstance(raw, dict) or not isinstance(raw.get("network_weights"), Mapping) or not raw["network_weights"]:
+        raise PnnunetError(f"{pth}: not an nnU-Net v2 checkpoint (no network_weights)\n  fix: give the "
+                           "checkpoint_final.pth (or checkpoint_best.pth) that nnUNetv2_train wrote")
+    return raw, weights_from_upstream(raw["network_weights"], network_class, str(pth))

@@ -51,7 +51,7 @@ from pnnunet.training.config import TrainConfig
 from pnnunet.training.deep_supervision import ds_weights
 from pnnunet.training.loss import DCandBCELoss, DCandCELoss, DeepSupervisionLoss
 from pnnunet.training.lr_schedule import set_epoch_lr
-from pnnunet.training.pretrained import apply_pretrained_weights
+from pnnunet.training.pretrained import PretrainedWeights, apply_pretrained_weights, check_pretrained_weights
 from pnnunet.training.progress import ProgressLog
 from pnnunet.training.sampling import forced_foreground_mask, rotation_and_mirroring
 from pnnunet.training.splits import get_fold, load_or_create_splits
@@ -148,7 +148,7 @@ class Trainer:
         self.num_heads = self.labels.num_segmentation_heads
         self.progress = ProgressLog()
         self.current_epoch = 0
-        self.pretrained_weights: dict | None = None  # applied to a fresh (not resumed) network
+        self.pretrained_weights: PretrainedWeights | None = None  # applied to a fresh (not resumed) network
         self._split: tuple[list[str], list[str]] | None = None  # see split()
         self.dist = job.dist
         self.precision, fallback = amp.training_precision(
@@ -329,6 +329,23 @@ class Trainer:
         return loss, pseudo_dice_counts(out[0].astype("float32").numpy(), np.asarray(batch["target"][0]),
                                         self.labels)
 
+    # ---- pretrained weights (--pretrained_weights) ----------------------------------------------
+    def _pretrained_target(self) -> tuple[str, str, str]:
+        """(dataset, plans name, configuration) named in a pretrained-weights mismatch."""
+        return (self.job.preprocessed_dataset_dir.name, str(self.job.plans.get("plans_name", "?")),
+                self.job.configuration)
+
+    def check_pretrained(self, pretrained: PretrainedWeights) -> None:
+        """Refuse ``pretrained`` unless it fits this job's network (built here for the check and dropped),
+        before anything of the fold is written; then keep it for :meth:`fit`."""
+        paddle = import_paddle()
+        with paddle.utils.unique_name.guard():
+            network = build_network(self.plan.raw, self.num_input_channels, self.num_heads,
+                                    deep_supervision=self.cfg.deep_supervision)
+        check_pretrained_weights(network, pretrained, *self._pretrained_target())
+        del network
+        self.pretrained_weights = pretrained
+
     # ---- main entry points --------------------------------------------------------------------
     def fit(self, resume: bool = False) -> None:
         paddle = import_paddle()
@@ -359,11 +376,14 @@ class Trainer:
             if resume_from is not None:
                 self._restore(resume_from, state)
                 del state
+                if self.pretrained_weights is not None:
+                    log.info("resuming from %s: --pretrained_weights not applied again (they initialised the "
+                             "training that wrote it)", resume_from)
             else:
                 if resume:
                     log.info("no checkpoint in %s: starting from scratch", job.fold_dir)
                 if self.pretrained_weights is not None:
-                    apply_pretrained_weights(self.network, self.pretrained_weights)
+                    apply_pretrained_weights(self.network, self.pretrained_weights, *self._pretrained_target())
             if self.current_epoch >= cfg.num_epochs:
                 log.info("training already finished (%d epochs)", self.current_epoch)
                 return

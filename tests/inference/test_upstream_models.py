@@ -25,6 +25,7 @@ pytest.importorskip("paddle")
 from pnnunet.inference import pipeline, upstream_fold
 from pnnunet.inference.model_folder import load_model_folder
 from pnnunet.inference.predictor import Predictor
+from pnnunet.runtime import upstream_weights
 
 pytestmark = pytest.mark.upstream
 
@@ -198,8 +199,8 @@ def test_checkpoint_best_and_a_custom_trainer_name(tmp_path, caplog):
 
 def test_mirroring_axes_none_means_no_tta(tmp_path, monkeypatch):
     model_dir = _copy_model(tmp_path)
-    real = upstream_fold.read_torch_checkpoint
-    monkeypatch.setattr(upstream_fold, "read_torch_checkpoint",
+    real = upstream_weights.read_torch_checkpoint  # the reader upstream_fold goes through
+    monkeypatch.setattr(upstream_weights, "read_torch_checkpoint",
                         lambda p: {**real(p), "inference_allowed_mirroring_axes": None})
     assert load_model_folder(model_dir, [0]).folds[0].mirror_axes == ()
 
