@@ -33,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("configuration", help="2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres or a custom one in the plans")
     p.add_argument("fold", help="0-4, or 'all' (train on all cases)")
     add_dataset_arg(p)
-    p.add_argument("-tr", default=DEFAULT_TRAINER, help="trainer variant, e.g. pnnunetTrainer_5epochs "
-                                                       "(upstream nnUNetTrainer_* names are accepted)")
+    p.add_argument("-tr", default=DEFAULT_TRAINER, help="trainer variant: pnnunetTrainer, pnnunetTrainer_<N>epochs[_NoMirroring], "
+                   "pnnunetTrainerNoMirroring, pnnunetTrainer_onlyMirror01, pnnunetTrainerNoDeepSupervision, "
+                   "pnnunetTrainerDiceCELoss_noSmooth, pnnunetTrainer_probabilisticOversampling[_033|_010] "
+                   "(upstream's nnUNetTrainer... names are accepted too)")
     p.add_argument("-p", default=DEFAULT_PLANS, help=f"plans name (default {DEFAULT_PLANS})")
     p.add_argument("-device", default="auto",
                    help="auto (GPU when Paddle sees one), cpu, gpu, or gpu:K for card K (as numbered after "
