@@ -382,12 +382,19 @@ def convert_msd_dataset(src: Path, raw_root: Path, dataset_id: int | None = None
     try:
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (tmp / sub).mkdir()
+        # the optional test/validation folders are carried over too when the source has them (as upstream does)
+        extra_labels = [sub for sub in ("labelsTs", "labelsVal") if (src / sub).is_dir()]
+        extra_images = ["imagesVal"] if (src / "imagesVal").is_dir() else []
+        for sub in extra_labels + extra_images:
+            (tmp / sub).mkdir()
         kind = "copy" if presplit else "image"
         jobs: list[Job] = [(kind, str(p), str(tmp / "imagesTr" / p.name) if presplit else str(tmp / "imagesTr"))
                            for p in train_images]
-        jobs += [(kind, str(p), str(tmp / "imagesTs" / p.name) if presplit else str(tmp / "imagesTs"))
-                 for p in _listed(src / "imagesTs")]
-        jobs += [("label", str(p), str(tmp / "labelsTr" / p.name)) for p in _listed(src / "labelsTr")]
+        for sub in ["imagesTs"] + extra_images:
+            jobs += [(kind, str(p), str(tmp / sub / p.name) if presplit else str(tmp / sub))
+                     for p in _listed(src / sub)]
+        for sub in ["labelsTr"] + extra_labels:
+            jobs += [("label", str(p), str(tmp / sub / p.name)) for p in _listed(src / sub)]
         _run_jobs(jobs, num_processes, what=f"conversion of {src.name}")
         write_json_atomic(tmp / "dataset.json", v2)
         write_json_atomic(tmp / MARKER, _marker(src, "msd"))

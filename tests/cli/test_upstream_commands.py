@@ -147,6 +147,10 @@ def test_convert_old_nnunet_dataset(roots, capsys):
     for c in cases:
         shutil.copyfile(BUNDLED_SAMPLE / "imagesTr" / f"{c}.nii.gz", src / "imagesTr" / f"{c}_0000.nii.gz")
         shutil.copyfile(BUNDLED_SAMPLE / "labelsTr" / f"{c}.nii.gz", src / "labelsTr" / f"{c}.nii.gz")
+    (src / "imagesTs").mkdir()
+    (src / "labelsTs").mkdir()
+    shutil.copyfile(BUNDLED_SAMPLE / "imagesTs" / "hippocampus_045.nii.gz", src / "imagesTs" / "hippocampus_045_0000.nii.gz")
+    shutil.copyfile(BUNDLED_SAMPLE / "labelsTs" / "hippocampus_045.nii.gz", src / "labelsTs" / "hippocampus_045.nii.gz")
     v1 = json.loads((BUNDLED_SAMPLE / "dataset.json").read_text())
     v1["training"] = [t for t in v1["training"] if any(c in t["image"] for c in cases)]
     v1["numTraining"] = 2
@@ -157,6 +161,9 @@ def test_convert_old_nnunet_dataset(roots, capsys):
     assert dj["channel_names"] == {"0": "MRI"} and dj["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
     assert dj["file_ending"] == ".nii.gz" and "training" not in dj
     assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [f"{c}_0000.nii.gz" for c in cases]
+    assert [p.name for p in (out / "imagesTs").iterdir()] == ["hippocampus_045_0000.nii.gz"]
+    assert [p.name for p in (out / "labelsTs").iterdir()] == ["hippocampus_045.nii.gz"]  # test labels come along
+    assert not (out / "labelsVal").exists()  # only what the source has
     assert "dataset ready" in capsys.readouterr().out
     assert convert_old_cli.main([str(src), "Hippo"]) == 1  # not DatasetXXX_Name
     assert "DatasetXXX_Name" in capsys.readouterr().err
