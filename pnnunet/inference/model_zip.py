@@ -355,6 +355,11 @@ def install_model_zip(zip_path: Path | str, results_root: Path | str, overwrite:
                                "results folder (set pnnunet_results)")
         try:
             results_root.mkdir(parents=True, exist_ok=True)
+            needed, free = sum(i.file_size for i, _ in todo), shutil.disk_usage(results_root).free
+            if needed > free:
+                raise PnnunetError(f"{results_root}: {needed / 1e9:.2f} GB needed to install {zip_path.name}, "
+                                   f"{free / 1e9:.2f} GB free; nothing was installed\n  fix: free space, or install "
+                                   "into another results folder (set pnnunet_results)")
             staging = results_root / f".install-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             staging.mkdir()
         except OSError as e:

@@ -182,6 +182,18 @@ def test_a_damaged_zip_installs_nothing(tmp_path):
     assert _listing(tmp_path / "res") == []
 
 
+def test_a_zip_larger_than_the_free_space_installs_nothing(tmp_path, monkeypatch):
+    import collections
+
+    from pnnunet.inference import model_zip
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(model_zip.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(PnnunetError, match="GB free; nothing was installed"):
+        install_model_zip(UPSTREAM_ZIP, tmp_path / "res")
+    assert _listing(tmp_path / "res") == []
+
+
 # -------------------------------------------------------------------------------------- pnnunet round trip
 
 
