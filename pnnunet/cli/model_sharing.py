@@ -68,7 +68,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _install_parser(prog: str, what: str, help_: str) -> argparse.ArgumentParser:
+def _install_parser(prog: str, what: str, help_: str, download: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=f"Install {what} into $pnnunet_results (nnU-Net v2's zip "
                                                        "layout, pnnunet's or upstream's models); then pnnunet_predict "
                                                        "-d/-c/-tr/-p or -m runs it. Files of an installed model are "
@@ -76,7 +76,8 @@ def _install_parser(prog: str, what: str, help_: str) -> argparse.ArgumentParser
     p.add_argument("source", metavar=what.split()[-1].upper(), help=help_)
     p.add_argument(OVERWRITE_FLAG, action="store_true",
                    help="replace files of an already installed model that differ from the zip's")
-    p.add_argument("--disable_progress_bar", "--no_pbar", dest="no_pbar", action="store_true")
+    if download:
+        p.add_argument("--disable_progress_bar", "--no_pbar", dest="no_pbar", action="store_true")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -104,4 +105,4 @@ def main_install(argv: Sequence[str] | None = None) -> int:
 
 def main_download(argv: Sequence[str] | None = None) -> int:
     return run_cli(_download, _install_parser("pnnunet_download_pretrained_model_by_url", "a model zip from a url",
-                                              "http(s) URL of the zip"), argv)
+                                              "http(s) URL of the zip", download=True), argv)
