@@ -85,11 +85,14 @@ class PredictionResult:
 
 
 def _relocated(recorded: str, results_dataset: Path) -> Path:
-    """A file named in an instructions file: ``<model or ensemble>/<crossval>/<file>`` of this results folder
-    first (upstream records absolute paths of the machine it ran on), else the path as recorded."""
+    """A file named in an instructions file, found in this results folder first (the recorded paths are absolute
+    paths of the machine and results root it was written on; a model zip installs elsewhere): the part after
+    the dataset folder's name, or ``<model or ensemble>/<crossval>/<file>``; else the path as recorded."""
     path = Path(recorded)
-    candidates = [results_dataset.joinpath(*path.parts[-3:])] + ([path] if path.is_absolute() else
-                                                                 [results_dataset / path, path])
+    inside = [results_dataset.joinpath(*path.parts[i + 1:]) for i in range(len(path.parts) - 2, -1, -1)
+              if path.parts[i] == results_dataset.name][:1]
+    candidates = inside + [results_dataset.joinpath(*path.parts[-3:])] + ([path] if path.is_absolute() else
+                                                                          [results_dataset / path, path])
     return next((c for c in candidates if c.is_file()), path)
 
 

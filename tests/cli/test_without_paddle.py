@@ -50,7 +50,7 @@ def test_planning_evaluation_and_selection_do_not_import_paddle(no_paddle_env, t
                "pnnunet.cli.evaluate_simple", "pnnunet.cli.plot_overlay_pngs",
                "pnnunet.cli.convert_old_nnUNet_dataset",
                "pnnunet.cli.stats", "pnnunet.cli.convert_dicom", "pnnunet.cli.report",
-               "pnnunet.cli.move_plans_between_datasets"]
+               "pnnunet.cli.move_plans_between_datasets", "pnnunet.cli.model_sharing"]
     code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + \
            "assert 'paddle' not in sys.modules, 'paddle was imported'\nprint('ok')\n"
     done = _run(no_paddle_env, "-c", code, cwd=tmp_path)
