@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pnnunet.errors import PnnunetError
-from pnnunet.runtime.checkpoints import load_checkpoint
+from pnnunet.runtime.checkpoints import load_checkpoint, weights_as_float32
 
 
 def load_pretrained_weights(path: Path) -> dict:
-    """Network weights of a pnnunet checkpoint, without the segmentation heads."""
+    """Network weights of a pnnunet checkpoint (float32, also from a float16-stored model), without the
+    segmentation heads."""
     path = Path(path)
     if not path.is_file():
         raise PnnunetError(f"{path}: pretrained weights not found\n  fix: give the path of a checkpoint_*.pdparams")
@@ -20,7 +21,7 @@ def load_pretrained_weights(path: Path) -> dict:
     weights = state.get("network_weights", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict):
         raise PnnunetError(f"{path}: not a pnnunet checkpoint\n  fix: use a checkpoint written by pnnunet_train")
-    return {k: v for k, v in weights.items() if "seg_layers" not in k}
+    return {k: v for k, v in weights_as_float32(weights).items() if "seg_layers" not in k}
 
 
 def apply_pretrained_weights(network, weights: dict, source: str = "pretrained weights") -> None:
