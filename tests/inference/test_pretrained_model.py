@@ -44,7 +44,8 @@ def training_checkpoint(model_dir: Path) -> dict:
     paddle.seed(0)
     network = build_network(resolve_configuration(plans, "3d_fullres"), 1, len(dataset_json["labels"]))
     weights = {k: v.numpy() for k, v in network.state_dict().items()}
-    return {"network_weights": weights, "optimizer_state": {f"{k}|_velocity_0": w for k, w in weights.items()},
+    velocity = {f"{k}|_velocity_0": np.zeros_like(w) for k, w in weights.items()}
+    return {"network_weights": weights, "optimizer_state": velocity,
             "logging": {"loss": [1.0]}, "current_epoch": 20, "precision": "float32", "trainer_name":
             "pnnunetTrainer_20epochs", "inference_allowed_mirroring_axes": (0, 1, 2), "train_config": {},
             "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset_json}}
@@ -80,6 +81,14 @@ def test_float16_storage_round_trip(standin):
     model = load_model_folder(standin["fp16"])
     assert all(w.dtype == np.float32 for w in model.folds[0].weights.values())
     assert model.folds[0].mirror_axes == (0, 1, 2) and model.trainer_name == "pnnunetTrainer_20epochs"
+
+
+def test_float16_model_as_pretrained_weights_for_fine_tuning(standin):
+    from pnnunet.training.pretrained import load_pretrained_weights
+
+    weights = load_pretrained_weights(standin["fp16"] / "fold_0" / "checkpoint_final.pdparams")
+    assert weights and not any("seg_layers" in k for k in weights)
+    assert {w.dtype for w in weights.values()} == {np.dtype(np.float32)}
 
 
 def test_bundle_fits_the_size_limit(standin):
