@@ -221,13 +221,13 @@ label agreement between the two: {differing} of {total_voxels} voxels differ (lo
     (dest / "README.md").write_text(readme)
     print(readme)
     if not args.no_readme:
+        notes = ([f"{', '.join(seen)} were among its training cases"] if seen else []) + [
+            f"{c}, unseen: {np.mean(list(cases16[c].values())):.3f}" for c in sorted(cases16) if c in unseen]
         summary = (f"Bundled pretrained model (`-m {pretrained.PREFIX}{args.name}`, "
                    f"`pnnunet/pretrained/{expected}`, {size / 1e6:.1f} MB in float16): validation Dice "
                    + (f"**{val['foreground']:.3f}** on the {val['n']} fold-0 validation cases" if val else "n/a")
                    + f"; on the 4 bundled held-out cases {fg16:.3f}"
-                   + (f" ({', '.join(seen)} were among its training cases; "
-                      + ", ".join(f"{c} unseen: {np.mean(list(cases16[c].values())):.3f}"
-                                  for c in sorted(cases16) if c in unseen) + ")" if seen else "")
+                   + (f" ({'; '.join(notes)})" if notes else "")
                    + f"; float16 vs float32 weights: {differing} of {total_voxels} voxels differ.")
         replace_block(REPO / "README.md", summary)
         replace_block(REPO / "benchmarks" / "RESULTS.md",
