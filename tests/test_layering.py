@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pnnunet"
 # The layer order, lowest first, written once. A top-level module or package of pnnunet is a "unit";
 # "pnnunet" itself (``import pnnunet`` for ``__version__``) belongs to the foundation.
 LAYERS: list[tuple[str, ...]] = [
-    ("pnnunet", "errors", "paths", "fileio", "heap", "parallel", "defaults", "safe_pickle", "locks"),  # foundation
+    ("pnnunet", "errors", "paths", "fileio", "heap", "parallel", "defaults", "safe_pickle", "locks",
+     "pretrained"),  # foundation (pretrained: where the bundled model folders are)
     ("imageio",),
     ("dataset",),           # dataset.json, labels, cases, integrity, conversion, folders of label maps
     ("plans",),             # the typed plans, read by everyone above

@@ -1,10 +1,10 @@
 """``pnnunet_app --demo``: the bundled Hippocampus sample and a demo model, in one command.
 
-The repository bundles images but no trained model (a checkpoint is a pickle, and pnnunet loads only
-its own), so the first ``--demo`` start trains one: the tiny preset, fold 0, a short schedule on
-the 20 bundled training cases (a few minutes on 2 CPU cores), into a cache folder
-(``~/.cache/pnnunet/app_demo`` by default). Later starts find it there and serve at once.
-The held-out ``imagesTs`` cases are offered on the page as samples.
+The model is the pretrained one bundled in the package (``pnnunet/pretrained``, ``-m pretrained:hippocampus``),
+served at once. An installation without its weights trains one at the first start instead: the tiny
+preset, fold 0, a short schedule on the 20 bundled training cases (a few minutes on 2 CPU cores), into a
+cache folder (``~/.cache/pnnunet/app_demo`` by default); later starts find it there. The jobs go to
+the cache folder either way. The held-out ``imagesTs`` cases are offered on the page as samples.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from pnnunet import pretrained
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import write_json_atomic
 
@@ -25,6 +26,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "tests" / "data" / "Task04_Hippoc
 DEMO_PLANS = "pnnunetTinyPlans"
 DEMO_EPOCHS = 10
 READY = "demo_ready.json"
+PRETRAINED = "hippocampus"
 
 
 def default_cache() -> Path:
@@ -36,7 +38,11 @@ def sample_images(sample: Path = SAMPLE) -> tuple[Path, ...]:
 
 
 def prepare_demo(cache: Path, sample: Path = SAMPLE, epochs: int = DEMO_EPOCHS) -> Path:
-    """The results root of the demo model, trained into ``cache`` unless it is already there."""
+    """The results root of the demo model: the bundled pretrained model's, else one trained into ``cache``
+    unless it is already there."""
+    if pretrained.is_bundled(PRETRAINED):
+        print(f"pnnunet_app --demo: the bundled pretrained model ({pretrained.MODELS[PRETRAINED]})", flush=True)
+        return pretrained.ROOT
     results = cache / "results"
     if (cache / READY).is_file():
         return results

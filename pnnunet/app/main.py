@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_upload_mb", "--max-upload-mb", type=float, default=2048,
                    help="largest upload accepted, in MB (default 2048)")
     p.add_argument("--demo", action="store_true",
-                   help="serve the bundled Hippocampus sample with a demo model (trained once into --demo_cache)")
+                   help="serve the bundled Hippocampus sample with the bundled pretrained model (without its "
+                        "weights: a demo model trained once into --demo_cache)")
     p.add_argument("--demo_cache", "--demo-cache", type=Path, default=None,
                    help=f"where --demo keeps its model (default {default_cache()})")
     p.add_argument("--verbose", action="store_true")

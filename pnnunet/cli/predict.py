@@ -1,10 +1,11 @@
 """``pnnunet_predict -i INPUT -o OUTPUT``: segment a folder of images (reference §7, §9.2).
 
-Which model: ``-m MODEL_DIR``; else ``-c`` (with ``-tr``/``-p``) in the dataset's results folder;
-else the choice of ``pnnunet_find_best_config`` (``inference_instructions.json``: one model,
-or an ensemble predicted member by member with probabilities and averaged, then its
-postprocessing; upstream's ``inference_information.json`` too); else the only trained
-configuration (said so). Model folders trained by upstream nnU-Net v2 predict as they are.
+Which model: ``-m MODEL_DIR`` (or ``-m pretrained:hippocampus``, the model bundled in the package);
+else ``-c`` (with ``-tr``/``-p``) in the dataset's results folder; else the choice of
+``pnnunet_find_best_config`` (``inference_instructions.json``: one model, or an ensemble predicted
+member by member with probabilities and averaged, then its postprocessing; upstream's
+``inference_information.json`` too); else the only trained configuration (said so). Model folders
+trained by upstream nnU-Net v2 predict as they are.
 
 ``pnnunet_predict_from_modelfolder -i -o -m MODEL_DIR`` is upstream's name for the ``-m`` form.
 """
@@ -24,7 +25,10 @@ from pnnunet.errors import PnnunetError
 from pnnunet.evaluation.clinical_outputs import write_clinical_outputs
 from pnnunet.fileio import read_json_file
 from pnnunet.paths import env_int
+from pnnunet.pretrained import MODELS, PREFIX, resolve_model_arg
 from pnnunet.runtime.device import import_paddle
+
+PRETRAINED_NAMES = ", ".join(PREFIX + name for name in MODELS)
 
 
 def _parser(from_modelfolder: bool = False) -> argparse.ArgumentParser:
@@ -40,7 +44,8 @@ def _parser(from_modelfolder: bool = False) -> argparse.ArgumentParser:
     p.add_argument("-o", dest="output", required=True, type=Path, help="output folder (created)")
     if from_modelfolder:
         p.add_argument("-m", dest="model_dir", type=Path, required=True,
-                       help="a model folder <Trainer>__<Plans>__<config> (pnnunet's or nnU-Net v2's)")
+                       help="a model folder <Trainer>__<Plans>__<config> (pnnunet's or nnU-Net v2's), or "
+                            f"{PRETRAINED_NAMES} (bundled)")
     else:
         add_dataset_arg(p)
         p.add_argument("-c", dest="configuration", default=None,
@@ -52,7 +57,7 @@ def _parser(from_modelfolder: bool = False) -> argparse.ArgumentParser:
                        help=f"trainer (default {DEFAULT_TRAINER}, else nnU-Net's nnUNetTrainer)")
         p.add_argument("-m", dest="model_dir", type=Path, default=None,
                        help="a model folder <Trainer>__<Plans>__<config>, pnnunet's or nnU-Net v2's (instead of "
-                            "-d/-c/-tr/-p)")
+                            f"-d/-c/-tr/-p), or a bundled pretrained model: {PRETRAINED_NAMES}")
     p.add_argument("-f", dest="folds", nargs="+", default=None,
                    help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every trained fold)")
     p.add_argument("-chk", dest="checkpoint", default="checkpoint_final",
@@ -126,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         previous_stage_predictions=args.prev_stage_predictions, progress=not args.no_pbar,
         part=(args.part_id, args.num_parts), cache_dir=args.cache_dir)
     if args.model_dir is not None:
-        choice = pipeline.ModelChoice((args.model_dir,))
+        choice = pipeline.ModelChoice((resolve_model_arg(args.model_dir),))
     else:
         roots = get_roots()
         choice = pipeline.choose_models(roots.results / _dataset_name(args, roots), args.configuration, args.trainer,

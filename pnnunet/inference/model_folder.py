@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pnnunet.dataset.labels import LabelInfo
 from pnnunet.defaults import (CHECKPOINT_SUFFIX, DEFAULT_CHECKPOINT, UPSTREAM_CHECKPOINT_SUFFIX, Fold,
                               checkpoint_stem, fold_sort_key, parse_fold, parse_model_dir_name)
@@ -31,7 +29,7 @@ from pnnunet.fileio import load_json
 from pnnunet.inference.upstream_fold import load_upstream_fold, upstream_checkpoint
 from pnnunet.plans import ConfigurationPlan, load_plans, resolve_configuration
 from pnnunet.preprocessing.previous_stage import num_network_inputs
-from pnnunet.runtime.checkpoints import load_checkpoint, plan_mismatch
+from pnnunet.runtime.checkpoints import load_checkpoint, plan_mismatch, weights_as_float32
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +45,8 @@ class FoldModel:
     fold : 0, 1, ... or ``"all"``
     checkpoint_path : ``fold_K/<checkpoint>.pdparams`` (an upstream fold: its conversion, see
         :func:`~pnnunet.inference.upstream_fold.load_upstream_fold`)
-    weights : structured parameter name → float32 numpy array (``network.state_dict()`` keys)
+    weights : structured parameter name → float32 numpy array (``network.state_dict()`` keys; a model
+        stored in float16, such as the bundled pretrained one, is converted at load)
     mirror_axes : spatial axes the network may be mirrored along at test time (from the checkpoint)
     """
 
@@ -148,10 +147,6 @@ def _check_checkpoint(ckpt: dict, path: Path, configuration: str, plans: dict, d
         raise PnnunetError(f"{path}: {problem} (this model folder's plans.json / dataset.json)\n  fix: {fix}")
 
 
-def _to_numpy(weights: dict) -> dict:
-    return {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in weights.items()}
-
-
 def default_mirror_axes(patch_size: Sequence[int]) -> tuple[int, ...]:
     """All spatial axes of the patch: (0, 1, 2) in 3D, (0, 1) in 2D (reference §5.3)."""
     return tuple(range(len(patch_size)))
@@ -226,7 +221,7 @@ def load_model_folder(model_dir: Path | str, folds: Sequence[Fold] | None = None
         _check_checkpoint(ckpt, path, configuration, plans, dataset_json)
         axes = ckpt.get("inference_allowed_mirroring_axes")
         axes = default_mirror_axes(patch) if axes is None else tuple(int(a) for a in axes)
-        loaded.append(FoldModel(fold, path, _to_numpy(ckpt["network_weights"]), axes))
+        loaded.append(FoldModel(fold, path, weights_as_float32(ckpt["network_weights"]), axes))
         trainer = ckpt.get("trainer_name") or trainer
         del ckpt
     log.info("model %s: folds %s, %s", model_dir.name, folds, stem)

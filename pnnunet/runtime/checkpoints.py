@@ -12,6 +12,8 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
+
 from pnnunet.defaults import CHECKPOINT_NAMES, checkpoint_path
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path
@@ -114,6 +116,46 @@ def load_checkpoint(path: Path) -> dict:
     except OSError as e:  # permissions, I/O errors: the file could not be read, not found to be broken
         raise PnnunetError(f"{path}: cannot be read ({e.strerror or e})\n"
                            f"  fix: check the file's permissions and the disk, then retry; {keep}") from None
+
+
+# what an inference-only checkpoint keeps of a training checkpoint (see inference_checkpoint)
+INFERENCE_KEYS = ("init_args", "trainer_name", "inference_allowed_mirroring_axes", "pnnunet_version", "precision",
+                  "current_epoch")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def inference_checkpoint(ckpt: dict, source: str, weights_dtype: str = "float16") -> dict:
+    """The part of a training checkpoint that prediction needs, its float32 weights stored as ``weights_dtype``.
+
+    The optimizer state, grad scaler and training log are dropped (a pretrained model for
+    ``pnnunet_predict -m`` and ``--pretrained_weights``); :func:`weights_as_float32` restores float32 at load.
+    ``source`` names the checkpoint in error messages.
+    """
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("network_weights"), dict):
+        raise PnnunetError(f"{source}: not a pnnunet checkpoint (no network_weights)\n"
+                           "  fix: use a checkpoint written by pnnunet_train")
+    dtype = np.dtype(weights_dtype)
+    weights = {}
+    for name, value in ckpt["network_weights"].items():
+        array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+        if array.dtype == np.float32 and dtype == np.float16:
+            peak = float(np.abs(array).max()) if array.size else 0.0
+            if not np.isfinite(peak) or peak > FLOAT16_MAX:
+                raise PnnunetError(f"{source}: weight {name} holds {peak:g}, beyond float16's range (±{FLOAT16_MAX:g})"
+                                   "\n  fix: store this model in float32 (weights_dtype='float32')")
+        weights[name] = array.astype(dtype) if array.dtype == np.float32 else array
+    out = {k: ckpt[k] for k in INFERENCE_KEYS if k in ckpt}
+    out.update(network_weights=weights, weights_dtype=str(dtype), inference_only=True)
+    return out
+
+
+def weights_as_float32(weights: dict) -> dict:
+    """Network weights (name → tensor or array) as numpy, float16 ones (a compact pretrained model) in float32."""
+    out = {}
+    for name, value in weights.items():
+        array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+        out[name] = array.astype(np.float32) if array.dtype == np.float16 else array
+    return out
 
 
 def latest_existing(fold_dir: Path) -> Path | None:
