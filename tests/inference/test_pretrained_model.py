@@ -86,7 +86,7 @@ def test_float16_storage_round_trip(standin):
 def test_float16_model_as_pretrained_weights_for_fine_tuning(standin):
     from pnnunet.training.pretrained import load_pretrained_weights
 
-    weights = load_pretrained_weights(standin["fp16"] / "fold_0" / "checkpoint_final.pdparams")
+    weights = load_pretrained_weights(standin["fp16"] / "fold_0" / "checkpoint_final.pdparams").weights
     assert weights and not any("seg_layers" in k for k in weights)
     assert {w.dtype for w in weights.values()} == {np.dtype(np.float32)}
 
