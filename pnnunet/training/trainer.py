@@ -154,6 +154,7 @@ class Trainer:
         self.precision, fallback = amp.training_precision(
             job.device, self.cfg.cpu_bf16, self.cfg.fast_cpu_convolutions,
             bf16_native=self.cfg.cpu_bf16 and not amp.amp_enabled_for(job.device) and bf16_supported())
+        self.precision_fallback = fallback  # also named in fit()'s header line, which the training log holds
         if fallback is not None:
             log.warning(fallback)
         self.skipped_steps = 0  # AMP steps skipped because of inf/nan gradients, this epoch
@@ -359,8 +360,9 @@ class Trainer:
         if self.dist.is_main:
             remove_stale_temporaries(job.fold_dir)  # e.g. a checkpoint write cut by kill -9
             self._write_model_files()
-        log.info("pnnunet %s, paddle %s, device %s, precision %s | %s fold %s: %d training, %d validation cases",
-                 pnnunet.__version__, paddle.__version__, job.device, self.precision, job.configuration, job.fold,
+        log.info("pnnunet %s, paddle %s, device %s, precision %s%s | %s fold %s: %d training, %d validation cases",
+                 pnnunet.__version__, paddle.__version__, job.device, self.precision,
+                 f" ({self.precision_fallback})" if self.precision_fallback else "", job.configuration, job.fold,
                  len(train_ids), len(val_ids))
         log.info("patch %s, batch %d, %d epochs x %d iterations (val %d)", list(self.plan.patch_size),
                  self.plan.batch_size, cfg.num_epochs, cfg.iterations_per_epoch, cfg.val_iterations_per_epoch)
