@@ -13,6 +13,8 @@ import pickle
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 
 class AllowListUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves only ``allowed`` globals.
@@ -38,3 +40,26 @@ class AllowListUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         raise self._refuse(f"the persistent id {str(pid)[:80]!r}")
+
+
+def numpy_scalar(dtype, data=None):
+    """A numpy scalar as ``pickle`` rebuilds it (``numpy._core.multiarray.scalar``), object dtypes refused."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError("it holds a numpy scalar of an object dtype; nothing was run")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def numpy_dtype(name, align=False, copy=False):
+    """``numpy.dtype`` for :func:`numpy_scalar`, object dtypes refused."""
+    dtype = np.dtype(name)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("it holds a numpy object dtype; nothing was run")
+    return dtype
+
+
+NUMPY_SCALAR_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "scalar"): numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): numpy_scalar,
+    ("numpy", "dtype"): numpy_dtype,
+}
+"""The globals a pickle of numpy scalars names (numpy 1.x and 2.x module paths)."""

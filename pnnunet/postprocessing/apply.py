@@ -28,7 +28,7 @@ from pnnunet.dataset.folders import check_distinct_folders, resolve_io, segmenta
 from pnnunet.imageio import ImageIO
 from pnnunet.parallel import map_in_pool
 from pnnunet.postprocessing.components import PP_FN_NAME, remove_all_but_largest_component
-from pnnunet.safe_pickle import AllowListUnpickler
+from pnnunet.safe_pickle import NUMPY_SCALAR_GLOBALS, AllowListUnpickler
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +74,31 @@ def steps_from_json(pp: dict, source: Path | str = "postprocessing.json") -> lis
     return [PostprocessingStep(f, dict(k)) for f, k in zip(fns, kwargs)]
 
 
-_PICKLED_FUNCTIONS = {("nnunetv2.postprocessing.remove_connected_components", PP_FN_NAME): PP_FN_NAME}
+# upstream pickles the labels it found as numpy integers (np.int64) when a postprocessing step was chosen
+_PICKLED_FUNCTIONS = {("nnunetv2.postprocessing.remove_connected_components", PP_FN_NAME): PP_FN_NAME,
+                      **NUMPY_SCALAR_GLOBALS}
 
 
 def _refuse(what: str) -> pickle.UnpicklingError:
     return pickle.UnpicklingError(f"it refers to {what}, which a postprocessing file never needs; nothing was run")
 
 
+def _plain(value):
+    """numpy scalars (and lists/tuples/dicts of them) as Python numbers, as the JSON beside the pickle has them."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def _load_pickled(path: Path) -> dict:
     """``{postprocessing_fns, postprocessing_kwargs}`` from upstream's ``postprocessing.pkl``."""
     try:
         fns, kwargs = AllowListUnpickler(io.BytesIO(path.read_bytes()), _PICKLED_FUNCTIONS, _refuse).load()
-        return {"postprocessing_fns": list(fns), "postprocessing_kwargs": [dict(k) for k in kwargs]}
+        return {"postprocessing_fns": list(fns), "postprocessing_kwargs": [_plain(dict(k)) for k in kwargs]}
     except OSError as e:
         raise DatasetError(path, f"cannot be read ({e.strerror or e})", "check the path") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
