@@ -387,7 +387,8 @@ class Trainer:
                                                             foreground_labels=self.labels.foreground_labels,
                                                             regions=(self.labels.foreground_regions
                                                                      if self.labels.has_regions else None),
-                                                            ignore_label=self.labels.ignore_label)
+                                                            ignore_label=self.labels.ignore_label,
+                                                            queued_per_worker=1 if job.device == "cpu" else None)
                 try:
                     for epoch in range(self.current_epoch, cfg.num_epochs):
                         self._run_epoch(epoch, train_iter, val_iter)
