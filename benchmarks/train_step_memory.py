@@ -6,11 +6,14 @@ random batch of the plan's batch and patch size; a thread samples RSS every 10 m
         -c 3d_lowres [--batch 1] [--paddle_leaky_relu]
 
 ``--paddle_leaky_relu``: the training LeakyReLU that keeps its input (pnnunet before issue 16).
+``--heap glibc``: glibc's default heap policy during the steps (pnnunet before the trainer's
+``return_freed_memory`` + trim after each step; ``--heap training``, the default, is what it does now).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import threading
@@ -22,7 +25,7 @@ import paddle
 import paddle.nn.functional as F
 
 import pnnunet.runtime.network as network_module
-from pnnunet.heap import trim_heap
+from pnnunet.heap import return_freed_memory, trim_heap
 from pnnunet.plans import ConfigurationPlan
 from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.network import recompute_encoder_stages
@@ -67,6 +70,9 @@ def main() -> None:
     p.add_argument("--paddle_leaky_relu", action="store_true")
     p.add_argument("--recompute_stages", type=int, default=0,
                    help="encoder stages recomputed in the backward pass (TrainConfig.cpu_recompute_stages)")
+    p.add_argument("--heap", choices=("training", "glibc"), default="training",
+                   help="training: as Trainer on CPU (freed blocks >= 1 MiB unmapped, heap trimmed after each "
+                        "step); glibc: the C library's defaults")
     a = p.parse_args()
     if a.paddle_leaky_relu:
         network_module.leaky_relu_saving_output = lambda x, slope=0.01: F.leaky_relu(x, slope)
@@ -92,6 +98,9 @@ def main() -> None:
     seg = rng.integers(0, a.classes, (bs, 1, *patch)).astype(np.int16)
     targets_np = downsample_seg_for_ds(seg, ds_scales(cfg["architecture"]["arch_kwargs"]["strides"]))
     rows.append(("network + optimizer + batch", s.take(), rss()))
+    heap = contextlib.ExitStack()  # closed after the steps
+    if a.heap == "training":
+        heap.enter_context(return_freed_memory())
     for step in range(a.steps):
         x = paddle.to_tensor(data)
         targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in targets_np]
@@ -105,8 +114,11 @@ def main() -> None:
         opt.step()
         value = float(loss.numpy())
         del out, loss, x, targets
+        if a.heap == "training":
+            trim_heap()
         rows.append((f"step {step} optimizer step, outputs freed ({time.time() - t0:.0f} s, loss {value:.4f})",
                      s.take(), rss()))
+    heap.close()
     del opt, net, loss_fn
     release_plans()
     rows.append(("network, optimizer, oneDNN plans dropped", s.take(), rss()))
@@ -115,7 +127,7 @@ def main() -> None:
     s.stop = True
     print(f"{a.configuration}: batch {bs}, patch {patch}, "
           f"{'Paddle leaky_relu' if a.paddle_leaky_relu else 'leaky_relu saving its output'}, "
-          f"{a.recompute_stages} encoder stage(s) recomputed")
+          f"{a.recompute_stages} encoder stage(s) recomputed, heap policy {a.heap}")
     print(f"{'':70s} {'peak GiB':>9s} {'after GiB':>9s}")
     for name, peak, after in rows:
         print(f"{name:70s} {peak / GIB:9.2f} {after / GIB:9.2f}")

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD, _GLIBC_MMAP_THRESHOLD = 65536, 128 * 1024, 128 * 1024  # glibc's defaults
+TRAINING_MMAP_THRESHOLD = 1 << 20  # see return_freed_memory
 _HEAP_LOCK = threading.Lock()
 _HEAP_DEPTH = 0
 
@@ -68,6 +69,38 @@ def reuse_freed_memory() -> Iterator[bool]:
                 libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
                 libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
+
+
+@contextmanager
+def return_freed_memory(mmap_threshold: int = TRAINING_MMAP_THRESHOLD) -> Iterator[bool]:
+    """The opposite policy, for CPU training: inside the block every allocation of at least
+    ``mmap_threshold`` bytes is a mapping of its own, given back to the kernel when it is freed.
+
+    glibc's default threshold starts at 128 KiB but rises to the size of each mmapped block freed (up
+    to 32 MiB), so the lower stages' activations and gradients (1-32 MiB on a CT patch) end up in the
+    heap, whose freed chunks stay resident (fragmented, not trimmed) and add to the next step's peak.
+    A fixed threshold turns that adjustment off. Costs page faults on blocks the heap would have
+    reused (small next to a CT training step). glibc serves a request from free heap chunks before it
+    maps, so the heap is trimmed on entering, and should be after each step (:func:`trim_heap`).
+    On leaving, glibc's initial threshold comes back and the heap is trimmed. Inside a
+    :func:`reuse_freed_memory` block that block's policy wins (no mmap, no trimming). Yields whether it
+    took effect (glibc only).
+    """
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    with _HEAP_LOCK:
+        libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
+        if not _HEAP_DEPTH:  # the dynamic rise of the trim threshold is off too: the heap's top is trimmed
+            libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
+    trim_heap()  # glibc serves from free heap chunks first: give them back, so that new blocks are mapped
+    try:
+        yield True
+    finally:
+        with _HEAP_LOCK:
+            libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD)
+        trim_heap()
 
 
 def trim_heap() -> bool:

@@ -110,3 +110,45 @@ def test_trim_heap_trims_outside_reuse_blocks_only(monkeypatch):
     assert fake.trims == 2  # leaving the block trims
     monkeypatch.setattr(heap, "_glibc", lambda: None)
     assert heap.trim_heap() is False
+
+
+def test_return_freed_memory_maps_mid_sized_blocks_of_their_own():
+    """After a freed 16 MiB mapping glibc raises its threshold, so a 4 MiB array comes from the heap (and
+    stays resident after it is freed); inside return_freed_memory it is a mapping of its own again."""
+    out = _run('''
+def mapped(nbytes):
+    before = mallinfo2().hblkhd
+    a = np.ones(nbytes, dtype=np.uint8)
+    grown = mallinfo2().hblkhd - before
+    del a
+    return grown
+
+MIB = 2**20
+del_big = np.ones(16 * MIB, dtype=np.uint8); del del_big  # raises glibc's dynamic threshold to 16 MiB
+out["default"] = mapped(4 * MIB)
+with heap.return_freed_memory() as active:
+    out["active"] = bool(active)
+    out["inside"] = mapped(4 * MIB)
+    out["small"] = mapped(MIB // 2)
+out["after"] = mapped(4 * MIB)
+''')
+    MIB = 2**20
+    assert out["default"] == 0  # the premise: from the heap
+    assert out["active"]
+    assert out["inside"] >= 4 * MIB
+    assert out["small"] == 0  # below the 1 MiB threshold: still the heap
+    assert out["after"] >= 4 * MIB  # glibc's fixed initial 128 KiB threshold afterwards
+
+
+def test_return_freed_memory_restores_the_threshold_and_trims(monkeypatch):
+    fake = _FakeLibc()
+    monkeypatch.setattr(heap, "_glibc", lambda: fake)
+    with heap.return_freed_memory(2**21) as active:
+        assert active and fake.mallopts == [(heap._M_MMAP_THRESHOLD, 2**21),
+                                            (heap._M_TRIM_THRESHOLD, heap._GLIBC_TRIM_THRESHOLD)]
+        assert fake.trims == 1  # entering: the free heap chunks would serve the next blocks
+    assert fake.mallopts[-1] == (heap._M_MMAP_THRESHOLD, heap._GLIBC_MMAP_THRESHOLD)
+    assert fake.trims == 2
+    monkeypatch.setattr(heap, "_glibc", lambda: None)
+    with heap.return_freed_memory() as active:
+        assert active is False

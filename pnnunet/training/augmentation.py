@@ -319,7 +319,8 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
                          previous_stage_folder: Path | str | None = None,
                          foreground_labels: Sequence[int] | None = None,
                          regions: Sequence | None = None, ignore_label: int | None = None,
-                         start: bool = True) -> tuple[BatchIterator, BatchIterator]:
+                         start: bool = True,
+                         queued_per_worker: int | None = None) -> tuple[BatchIterator, BatchIterator]:
     """Training and validation batch iterators of one configuration (§5.2–5.4).
 
     Parameters
@@ -329,6 +330,9 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     train_ids, val_ids : case identifiers of the fold
     num_workers : 0 → single-threaded in the calling process; else training uses ``num_workers``
         worker processes (``max(6, n/2)`` batches cached in total) and validation ``max(1, n // 2)``
+    queued_per_worker : instead, at most this many finished batches waiting in each worker's queue (CPU
+        training, where a step takes far longer than a batch: fewer CT batches held in memory). The
+        batches and their order stay the same: the workers' queues are read round-robin.
     seed : seeds the loaders' generators (per worker) and the augmenters' worker seeds, all distinct
     deep_supervision : targets at every DS scale of the plan's strides; otherwise one target
     oversample_foreground : fraction of forced-foreground samples per batch (§5.2)
@@ -377,8 +381,12 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     val_tf = validation_transforms(scales, cascade_labels=cascade_labels, regions=regions,
                                    ignore_label=ignore_label if regions is not None else None)
     n_val = max(1, num_workers // 2) if num_workers > 0 else 0
-    train_iter = _augmenter(train_loader, train_tf, num_workers, max(6, num_workers // 2), seeds["train_aug"])
-    val_iter = _augmenter(val_loader, val_tf, n_val, max(3, n_val), seeds["val_aug"])
+    if queued_per_worker is not None and queued_per_worker < 1:
+        raise ValueError(f"queued_per_worker must be >= 1, got {queued_per_worker}")
+    train_cached = max(6, num_workers // 2) if queued_per_worker is None else queued_per_worker * num_workers
+    val_cached = max(3, n_val) if queued_per_worker is None else queued_per_worker * n_val
+    train_iter = _augmenter(train_loader, train_tf, num_workers, train_cached, seeds["train_aug"])
+    val_iter = _augmenter(val_loader, val_tf, n_val, val_cached, seeds["val_aug"])
     if start:
         train_iter.start()
         val_iter.start()

@@ -17,6 +17,7 @@ is split over the ranks.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import shutil
@@ -32,7 +33,7 @@ from pnnunet.dataset.labels import LabelInfo
 from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path, remove_stale_temporaries, write_json_atomic
-from pnnunet.heap import trim_heap
+from pnnunet.heap import return_freed_memory, trim_heap
 from pnnunet.inference.export_prediction import sigmoid
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
@@ -293,7 +294,11 @@ class Trainer:
             out = _as_list(self.model(data))
             loss = self.loss(out, targets)
         skipped = amp.scaled_backward_and_step(loss, self.optimizer, self.scaler)
-        return float(loss.numpy()), skipped
+        value = float(loss.numpy())
+        if self.job.device == "cpu":
+            del data, targets, out, loss
+            trim_heap()  # the step's freed small blocks: not resident during the next step (issue 16)
+        return value, skipped
 
     _train_step = train_step
 
@@ -389,28 +394,30 @@ class Trainer:
             if self.current_epoch >= cfg.num_epochs:
                 log.info("training already finished (%d epochs)", self.current_epoch)
                 return
-            folder = job.preprocessed_dataset_dir / self.plan.data_identifier
-            train_iter, val_iter = make_batch_iterators(folder, self.plan, train_ids, val_ids, cfg.num_workers,
-                                                        seed=dist.rank_seed(cfg.seed + 1000 * self.current_epoch,
-                                                                            self.dist.rank),
-                                                        batch_size=self.batch_size,
-                                                        oversample_foreground=self.oversample,
-                                                        probabilistic_oversampling=cfg.oversampling != "last",
-                                                        mirroring=cfg.mirroring,
-                                                        mirror_axes=self.mirror_axes or None,
-                                                        deep_supervision=cfg.deep_supervision,
-                                                        previous_stage_folder=job.previous_stage_dir,
-                                                        foreground_labels=self.labels.foreground_labels,
-                                                        regions=(self.labels.foreground_regions
-                                                                 if self.labels.has_regions else None),
-                                                        ignore_label=self.labels.ignore_label)
-            try:
-                for epoch in range(self.current_epoch, cfg.num_epochs):
-                    self._run_epoch(epoch, train_iter, val_iter)
-            finally:
-                for it in (train_iter, val_iter):
-                    if hasattr(it, "close"):
-                        it.close()
+            with self._training_heap():  # workers fork inside: they inherit the policy
+                folder = job.preprocessed_dataset_dir / self.plan.data_identifier
+                train_iter, val_iter = make_batch_iterators(folder, self.plan, train_ids, val_ids, cfg.num_workers,
+                                                            seed=dist.rank_seed(cfg.seed + 1000 * self.current_epoch,
+                                                                                self.dist.rank),
+                                                            batch_size=self.batch_size,
+                                                            oversample_foreground=self.oversample,
+                                                            probabilistic_oversampling=cfg.oversampling != "last",
+                                                            mirroring=cfg.mirroring,
+                                                            mirror_axes=self.mirror_axes or None,
+                                                            deep_supervision=cfg.deep_supervision,
+                                                            previous_stage_folder=job.previous_stage_dir,
+                                                            foreground_labels=self.labels.foreground_labels,
+                                                            regions=(self.labels.foreground_regions
+                                                                     if self.labels.has_regions else None),
+                                                            ignore_label=self.labels.ignore_label,
+                                                            queued_per_worker=1 if job.device == "cpu" else None)
+                try:
+                    for epoch in range(self.current_epoch, cfg.num_epochs):
+                        self._run_epoch(epoch, train_iter, val_iter)
+                finally:
+                    for it in (train_iter, val_iter):
+                        if hasattr(it, "close"):
+                            it.close()
             self._save("checkpoint_final")
             if self.dist.is_main:
                 ck.remove_if_exists(ck.checkpoint_path(job.fold_dir, "checkpoint_latest"))
@@ -456,6 +463,12 @@ class Trainer:
         if self.dist.is_main:
             self.progress.plot(self.job.fold_dir / "progress.png")
         dist.barrier(self.dist, "epoch")  # the others wait here, not in a collective that times out
+
+    def _training_heap(self):
+        """On CPU, freed blocks of 1 MiB and more go straight back to the kernel while training
+        (:func:`pnnunet.heap.return_freed_memory`): glibc would keep the lower stages' freed activations
+        and gradients in a fragmented heap, resident on top of the next step's peak."""
+        return return_freed_memory() if self.job.device == "cpu" else contextlib.nullcontext()
 
     def _epoch_totals(self, losses: list[float], val_losses: list[float],
                       stats: np.ndarray) -> tuple[float, float, np.ndarray, int]:

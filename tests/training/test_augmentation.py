@@ -228,3 +228,23 @@ def test_workers_start_before_the_first_batch_is_asked_for(dataset):
     assert _children() == before
     with pytest.raises(RuntimeError, match="closed"):
         tr.start()
+
+
+def test_one_queued_batch_per_worker_gives_the_same_batches(dataset):
+    """queued_per_worker=1 (CPU training, issue 16): one waiting batch per worker queue instead of three,
+    the same batches in the same order (the queues are read round-robin)."""
+    folder, ids = dataset
+    plan = make_plan((16, 24, 16), STRIDES_3D, batch_size=2)
+    tr, va = make_batch_iterators(folder, plan, ids, ids, 2, seed=5, start=False, queued_per_worker=1)
+    assert tr._augmenter.num_cached_per_queue == 1 and va._augmenter.num_cached_per_queue == 1
+    tr.close()
+    va.close()
+    runs = []
+    for queued in (1, None):
+        tr, va = make_batch_iterators(folder, plan, ids, ids, 2, seed=5, queued_per_worker=queued)
+        with tr, va:
+            runs.append([next(tr) for _ in range(3)] + [next(va)])
+    for a, b in zip(*runs):
+        assert a["keys"] == b["keys"] and np.array_equal(a["data"], b["data"])
+    with pytest.raises(ValueError, match="queued_per_worker"):
+        make_batch_iterators(folder, plan, ids, ids, 2, seed=5, start=False, queued_per_worker=0)

@@ -64,3 +64,45 @@ def test_cpu_trainer_recomputes_encoder_stages_with_the_same_training(tmp_path):
     assert losses == plain_losses
     for k in plain_weights:
         np.testing.assert_array_equal(weights[k], plain_weights[k])
+
+
+def test_cpu_train_steps_trim_the_heap_with_the_same_losses(tmp_path, monkeypatch):
+    """Each CPU training step gives its freed heap chunks back (trim_heap) so they are not resident
+    during the next step; the losses are those of steps without the trim."""
+    import paddle
+
+    from tests.training.synthetic import fixed_batches, make_trainer
+
+    def losses(tmp, trim):
+        with paddle.utils.unique_name.guard():
+            paddle.seed(1234)
+            trainer = make_trainer(tmp)
+            trainer.build()
+            monkeypatch.setattr(trainer_module, "trim_heap", trim)
+            return [trainer.train_step(b) for b in fixed_batches(2)]
+
+    calls = []
+    trimmed = losses(tmp_path / "a", lambda: calls.append(1) or True)
+    assert len(calls) == 2  # once per step
+    assert trimmed == losses(tmp_path / "b", lambda: False)
+
+
+def test_cpu_training_returns_freed_blocks_to_the_kernel(tmp_path, monkeypatch):
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def policy():
+        entered.append(1)
+        yield True
+
+    monkeypatch.setattr(trainer_module, "return_freed_memory", policy)
+    trainer = Trainer(small_job(tmp_path, 3, 0))
+    with trainer._training_heap():
+        pass
+    assert entered == [1]
+    trainer.job.device = "gpu:0"  # host memory is not the limit there: glibc's defaults stay
+    with trainer._training_heap():
+        pass
+    assert entered == [1]
