@@ -388,9 +388,13 @@ class Trainer:
                 log.info("training already finished (%d epochs)", self.current_epoch)
                 return
             folder = job.preprocessed_dataset_dir / self.plan.data_identifier
+            # batch k of either stream is drawn and augmented from (seed, k) alone: a run resumed at epoch e
+            # starts at e x iterations and gets the batches the uninterrupted run got (bit-exact resume)
             train_iter, val_iter = make_batch_iterators(folder, self.plan, train_ids, val_ids, cfg.num_workers,
-                                                        seed=dist.rank_seed(cfg.seed + 1000 * self.current_epoch,
-                                                                            self.dist.rank),
+                                                        seed=dist.rank_seed(cfg.seed, self.dist.rank),
+                                                        first_train_batch=self.current_epoch * cfg.iterations_per_epoch,
+                                                        first_val_batch=self.current_epoch
+                                                        * cfg.val_iterations_per_epoch,
                                                         batch_size=self.batch_size,
                                                         oversample_foreground=self.oversample,
                                                         probabilistic_oversampling=cfg.oversampling != "last",

@@ -10,7 +10,7 @@ from batchgenerators.augmentations.utils import resize_segmentation
 from batchgenerators.transforms.spatial_transforms import SpatialTransform
 
 from pnnunet.plans import ConfigurationPlan
-from pnnunet.training.augmentation import (Convert2DTo3D, Convert3DTo2D, IsolatedGlobalRandomState, MaskOutsideSeg,
+from pnnunet.training.augmentation import (Convert2DTo3D, Convert3DTo2D, PerBatchRandomState, MaskOutsideSeg,
                                            make_batch_iterators, training_transforms, validation_transforms)
 from pnnunet.training.dataloading import NNUNetPatchLoader
 from pnnunet.training.deep_supervision import ds_scales
@@ -61,7 +61,7 @@ def test_training_batch_shapes_dtypes_and_labels(dataset, patch, strides, expect
     aug, tf = _transforms_for(patch, strides, force_spatial=True)
     assert aug["dummy_2d"] == (patch == (4, 16, 16))
     loader = NNUNetPatchLoader(folder, ids, 3, aug["initial_patch_size"], patch, seed=0)
-    tf = IsolatedGlobalRandomState(tf, seed=0)  # v1 transforms draw from the global random states
+    tf = PerBatchRandomState(tf, seed=0)  # v1 transforms draw from the global random states
     seen = set()
     for _ in range(8):
         out = tf(**next(loader))
