@@ -63,10 +63,11 @@ def _outputs(ws: Path, stage: str) -> Path:
 
 
 TEXT_ENDINGS = (".json", ".txt")
+# different in every run by design: timings and logs, the exported graph's record of its checkpoint's mtime
+BY_DESIGN = ("training_log.txt", "progress.png", "predict_args.json", "export_meta.json")
 
 
-def _hashes(folder: Path, *workspaces: Path,
-            skip=("training_log.txt", "progress.png", "predict_args.json")) -> dict[str, str]:
+def _hashes(folder: Path, *workspaces: Path, skip=BY_DESIGN) -> dict[str, str]:
     """sha256 per file; text files with the workspace paths replaced (they differ between runs by design, and a
     trial's inputs copied from the reference hold the reference's path); checkpoints are compared by
     :func:`_training_equal` (they also hold timings)."""
@@ -224,6 +225,11 @@ def main() -> None:
             with log.open("a") as f:
                 f.write(json.dumps(r) + "\n")
             print(json.dumps(r), flush=True)
+    for r in results:  # judged again: trials recorded by an older version of this script compared more files
+        for key in ("missing", "extra", "differing"):
+            r[key] = [f for f in r[key] if Path(f).name not in BY_DESIGN]
+        r["identical"] = not (r["missing"] or r["extra"] or r["differing"]) and (
+            r["stage"] != "training" or (r["epochs_equal"] and r["lrs_equal"] and r["max_weight_diff"] == 0.0))
     summary = {}
     for stage in args.stages:
         rs = [r for r in results if r["stage"] == stage and r["seed"] == args.seed and r["trial"] < args.trials]
