@@ -205,17 +205,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--work", type=Path, required=True, help="work folder (kept; rerun to resume)")
+    ap.add_argument("--summarize", action="store_true", help="only print the counts of the trials done so far")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    base, seconds, ref_hashes = _references(args.work, args.stages)
+    if args.summarize:
+        seconds = json.loads((args.work / "reference.json").read_text())["seconds"]
+    else:
+        base, seconds, ref_hashes = _references(args.work, args.stages)
     print("uninterrupted:", {k: round(v, 1) for k, v in seconds.items()}, flush=True)
     log = args.work / "results.jsonl"
     results = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    results = list({(r["stage"], r["trial"], r["seed"]): r for r in reversed(results)}.values())[::-1]  # first kept
     done = {(r["stage"], r["trial"], r["seed"]) for r in results}
     for stage in args.stages:
         for k in range(args.trials):
-            if (stage, k, args.seed) in done:
+            if args.summarize or (stage, k, args.seed) in done:
                 continue
             t1 = time.perf_counter()
             r = _trial(base, args.work, stage, k, args.seed, _expected_seconds(stage, seconds, results),
@@ -245,7 +250,8 @@ def main() -> None:
                                   max_weight_diff=max((r["max_weight_diff"] for r in rs), default=None))
     print(json.dumps(summary, indent=1))
     print(f"this invocation: {time.perf_counter() - t0:.0f} s")
-    (args.work / "summary.json").write_text(json.dumps(summary, indent=1))
+    if not args.summarize:
+        (args.work / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
