@@ -228,3 +228,20 @@ def test_workers_start_before_the_first_batch_is_asked_for(dataset):
     assert _children() == before
     with pytest.raises(RuntimeError, match="closed"):
         tr.start()
+
+
+def test_augmented_batches_depend_on_seed_and_index_only(dataset):
+    """Issue 14 (bit-exact resume): worker processes and a stream started mid-way (a resumed training) give the
+    batches, augmentation included, of the single-process stream from batch 0."""
+    folder, ids = dataset
+    plan = make_plan((16, 24, 16), STRIDES_3D, batch_size=2)
+    tr, va = make_batch_iterators(folder, plan, ids, ids, 0, seed=5)
+    with tr, va:
+        ref = [next(tr) for _ in range(4)]
+    tr, va = make_batch_iterators(folder, plan, ids, ids, 2, seed=5, first_train_batch=2)
+    with tr, va:
+        late = [next(tr) for _ in range(2)]
+    for a, b in zip(ref[2:], late):
+        assert a["batch_index"] == b["batch_index"] and a["keys"] == b["keys"]
+        assert np.array_equal(a["data"], b["data"]) and np.array_equal(a["target"][0], b["target"][0])
+    assert not np.array_equal(ref[0]["data"], ref[1]["data"])
