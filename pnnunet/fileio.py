@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -91,17 +92,22 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: Path | str, recursive: bool = False) -> list[Path]:
-    """Delete the ``.tmp-PID-NAME`` files of :func:`atomic_path` whose writer process is gone (killed before it
-    could clean up); returns them. Temporaries of live processes (other parts, workers) are left alone."""
+    """Delete the ``.tmp-PID-NAME`` files of :func:`atomic_path` and ``.tmp-PID-*`` folders (e.g. a static-graph
+    export's) whose writer process is gone (killed before it could clean up); returns them. Temporaries of live
+    processes (other parts, workers) are left alone."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
-    for p in (folder.rglob(".tmp-*") if recursive else folder.glob(".tmp-*")):
+    for p in sorted(folder.rglob(".tmp-*") if recursive else folder.glob(".tmp-*")):
         pid = p.name[len(".tmp-"):].split("-", 1)[0]
-        if p.is_file() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)) or not p.exists():
+            continue  # not exists: inside a stale folder removed before
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
             p.unlink(missing_ok=True)
-            removed.append(p)
+        removed.append(p)
     return removed
 
 

@@ -88,3 +88,9 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
     assert remove_stale_temporaries(tmp_path) == []  # not recursive: sub/ untouched
     assert remove_stale_temporaries(tmp_path, recursive=True) == [stale]
     assert live.exists() and final.exists() and not stale.exists()
+    # a folder of a killed writer (a static-graph export cut by kill -9), with its contents
+    export = tmp_path / "inference" / f".tmp-{dead.pid}-k3x9"
+    (export / ".tmp-1-inner").mkdir(parents=True)
+    (export / "model.pdmodel").write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path / "inference") == [export]
+    assert not export.exists() and live.exists()

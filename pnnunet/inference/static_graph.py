@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pnnunet.errors import PnnunetError
-from pnnunet.fileio import load_json, write_json_atomic
+from pnnunet.fileio import load_json, remove_stale_temporaries, write_json_atomic
 from pnnunet.runtime.amp import amp_enabled_for
 from pnnunet.runtime.device import PADDLE_RUNTIME_ERRORS, import_paddle, raise_if_out_of_memory
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
@@ -126,6 +126,7 @@ def _cached(folder: Path, stamp: dict) -> tuple[Path, Path] | None:
 def _export_into(folder: Path, build_network: Callable[[], object], stamp: dict) -> tuple[Path, Path]:
     """Export into a temporary folder beside ``folder``, move the files in, write the stamp last."""
     folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder.parent)  # an export cut by kill -9
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=folder.parent))
     try:
         graph, params = export_network(build_network(), tmp / MODEL_STEM, stamp["input_channels"], stamp["conv_dim"])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 from pathlib import Path
 from typing import Sequence
@@ -112,48 +111,31 @@ class TargetsForDeepSupervision(AbstractTransform):
         return data_dict
 
 
-class IsolatedGlobalRandomState(AbstractTransform):
-    """Run ``transform`` with private, seeded global random states, restoring the caller's.
+class PerBatchRandomState(AbstractTransform):
+    """Run ``transform`` on a batch with global random states seeded from ``(seed, batch_index)``, restoring
+    the caller's.
 
-    batchgenerators v1 transforms draw from the global ``np.random`` functions and, in places
-    (noise variance, low-resolution zoom), from Python's ``random`` module. In the single-threaded
-    case this wrapper keeps both streams private to the pipeline, so library code never reseeds
-    the caller's global state and equal seeds give equal batches.
+    batchgenerators v1 transforms draw from the global ``np.random`` functions and, in places (noise
+    variance, low-resolution zoom), from Python's ``random`` module. Seeding both for every batch from its
+    index (set by :class:`NNUNetPatchLoader`) makes batch ``k``'s augmentation a function of ``(seed, k)``
+    alone: the same in a worker process or in the calling one, and the same after a training resumed at an
+    epoch boundary as in the uninterrupted run. The caller's global states are left as they were.
     """
 
     def __init__(self, transform, seed: int):
         self.transform = transform
-        self._np_state = np.random.RandomState(seed).get_state()
-        self._py_state = random.Random(seed).getstate()
+        self.seed = int(seed)
 
     def __call__(self, **data_dict):
         outer_np, outer_py = np.random.get_state(), random.getstate()
-        np.random.set_state(self._np_state)
-        random.setstate(self._py_state)
+        np_seed, py_seed = np.random.SeedSequence([self.seed, int(data_dict["batch_index"])]).generate_state(2)
+        np.random.seed(int(np_seed))
+        random.seed(int(py_seed))
         try:
             return self.transform(**data_dict)
         finally:
-            self._np_state, self._py_state = np.random.get_state(), random.getstate()
             np.random.set_state(outer_np)
             random.setstate(outer_py)
-
-
-class SeedPythonRandomInWorker(AbstractTransform):
-    """Seed Python's ``random`` once per worker process from ``np.random`` (which the augmenter seeds).
-
-    ``MultiThreadedAugmenter`` seeds only ``np.random`` in its workers; without this, the draws that
-    batchgenerators takes from ``random`` would differ between runs with the same seeds.
-    """
-
-    def __init__(self, transform):
-        self.transform = transform
-        self._seeded_pid = None
-
-    def __call__(self, **data_dict):
-        if self._seeded_pid != os.getpid():
-            random.seed(int(np.random.randint(0, 2**31 - 1)))
-            self._seeded_pid = os.getpid()
-        return self.transform(**data_dict)
 
 
 # ---- pipelines -------------------------------------------------------------------------------------
@@ -298,17 +280,15 @@ def _seeds(seed: int) -> dict[str, int]:
     return dict(zip(("train_loader", "val_loader", "train_aug", "val_aug"), (int(s) for s in state)))
 
 
-def _worker_seeds(base: int, n: int) -> list[int]:
-    return [int(np.random.SeedSequence([base, i]).generate_state(1)[0]) for i in range(n)]
-
-
 def _augmenter(loader, transform, num_processes: int, num_cached_total: int, seed: int) -> BatchIterator:
+    loader.set_workers(num_processes)
+    transform = PerBatchRandomState(transform, seed)
     if num_processes == 0:
-        return BatchIterator(SingleThreadedAugmenter(loader, IsolatedGlobalRandomState(transform, seed)), 0)
+        return BatchIterator(SingleThreadedAugmenter(loader, transform), 0)
     per_queue = max(1, math.ceil(num_cached_total / num_processes))
-    mta = MultiThreadedAugmenter(loader, SeedPythonRandomInWorker(transform), num_processes,
-                                 num_cached_per_queue=per_queue, seeds=_worker_seeds(seed, num_processes),
-                                 pin_memory=False)
+    # the workers' np.random seeds do not matter: every batch reseeds (PerBatchRandomState)
+    mta = MultiThreadedAugmenter(loader, transform, num_processes, num_cached_per_queue=per_queue,
+                                 seeds=list(range(num_processes)), pin_memory=False)
     return BatchIterator(mta, num_processes)
 
 
@@ -319,7 +299,7 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
                          previous_stage_folder: Path | str | None = None,
                          foreground_labels: Sequence[int] | None = None,
                          regions: Sequence | None = None, ignore_label: int | None = None,
-                         start: bool = True,
+                         start: bool = True, first_train_batch: int = 0, first_val_batch: int = 0,
                          queued_per_worker: int | None = None) -> tuple[BatchIterator, BatchIterator]:
     """Training and validation batch iterators of one configuration (§5.2–5.4).
 
@@ -333,7 +313,8 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     queued_per_worker : instead, at most this many finished batches waiting in each worker's queue (CPU
         training, where a step takes far longer than a batch: fewer CT batches held in memory). The
         batches and their order stay the same: the workers' queues are read round-robin.
-    seed : seeds the loaders' generators (per worker) and the augmenters' worker seeds, all distinct
+    seed : seeds the loaders' and the augmentations' generators (each batch from ``(seed, its index)``): the
+        batches are the same for any ``num_workers``
     deep_supervision : targets at every DS scale of the plan's strides; otherwise one target
     oversample_foreground : fraction of forced-foreground samples per batch (§5.2)
     mirroring : mirror augmentation on the plan's mirror axes (off for a no-mirroring trainer)
@@ -346,6 +327,8 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
         channel if ``ignore_label`` is given); None: label maps
     start : start the worker processes of both iterators now, while this process is small (see
         :meth:`BatchIterator.start`); False: on their first ``next()``
+    first_train_batch, first_val_batch : index of the first batch of each stream; a training resumed at
+        epoch ``e`` passes ``e`` x the iterations per epoch and gets the batches the uninterrupted run got
 
     Returns
     -------
@@ -370,10 +353,10 @@ def make_batch_iterators(folder: Path | str, plan: ConfigurationPlan, train_ids:
     train_loader = NNUNetPatchLoader(folder, train_ids, bs, aug["initial_patch_size"], patch,
                                      oversample=oversample_foreground, seed=seeds["train_loader"],
                                      previous_stage_folder=previous_stage_folder,
-                                     probabilistic=probabilistic_oversampling)
+                                     probabilistic=probabilistic_oversampling, first_batch=first_train_batch)
     val_loader = NNUNetPatchLoader(folder, val_ids, bs, patch, patch, oversample=oversample_foreground,
                                    seed=seeds["val_loader"], previous_stage_folder=previous_stage_folder,
-                                   probabilistic=probabilistic_oversampling)
+                                   probabilistic=probabilistic_oversampling, first_batch=first_val_batch)
     axes = tuple(mirror_axes) if mirror_axes is not None else aug["mirror_axes"]
     train_tf = training_transforms(patch, aug["rotation"], aug["dummy_2d"], axes if mirroring else None,
                                    scales, plan.use_mask_for_norm, cascade_labels=cascade_labels, regions=regions,

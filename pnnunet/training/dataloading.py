@@ -2,8 +2,13 @@
 
 :class:`NNUNetPatchLoader` is a batchgenerators ``DataLoader``: the augmenters
 (``SingleThreadedAugmenter`` / ``MultiThreadedAugmenter``) call it for batches and, in a worker
-process, call :meth:`NNUNetPatchLoader.set_thread_id` first; that reseeds the loader's own
-generator from ``(seed, worker id)`` so that every worker draws different cases and boxes.
+process, call :meth:`NNUNetPatchLoader.set_thread_id` first. Every batch has a global index (its position in
+the stream the augmenter returns: worker ``t`` of ``n`` makes batches ``first_batch + t``, ``+ t + n``, ...,
+which the augmenter reads round robin) and is drawn from a generator seeded with ``(seed, index)``; the index
+travels with the batch (``batch_index``) so that the augmentation can be seeded the same way
+(:class:`pnnunet.training.augmentation.PerBatchRandomState`). Batch ``k`` is therefore the same whether the
+stream started at 0 or at ``k`` (a training resumed at an epoch boundary continues the uninterrupted run's
+stream exactly) and whatever the number of workers.
 Cases are opened lazily (Blosc2 ``.b2nd``: only the chunks a box covers are decompressed; ``.npy``:
 memory maps); only the boxes are copied into memory.
 """
@@ -49,18 +54,20 @@ class NNUNetPatchLoader(DataLoader):
     oversample : fraction of forced-foreground samples (the last ones of each batch)
     probabilistic : instead, force each sample with probability ``oversample`` (upstream's
         ``probabilistic_oversampling``)
-    seed : seeds the loader's generator together with the worker id
+    seed : seeds the generator of every batch together with the batch's index
+    first_batch : index of the first batch this loader makes (a resumed training: epoch x iterations)
     previous_stage_folder : cascade only: the previous stage's segmentations (``{CASE}.b2nd``) in this
         configuration's preprocessed grid (:mod:`pnnunet.preprocessing.previous_stage`), cropped with
         the same box and appended as seg channel 1
 
     Each batch is ``{'data': float32 (B, C, *crop_size), 'seg': int16 (B, 1 or 2, *crop_size),
-    'keys': list of case ids}``; outside the case, data is 0 and seg is -1.
+    'keys': list of case ids, 'batch_index': int}``; outside the case, data is 0 and seg is -1.
     """
 
     def __init__(self, folder: Path | str, case_ids: Sequence[str], batch_size: int, crop_size: Sequence[int],
                  final_patch: Sequence[int], oversample: float = 0.33, seed: int = 0,
-                 previous_stage_folder: Path | str | None = None, probabilistic: bool = False):
+                 previous_stage_folder: Path | str | None = None, probabilistic: bool = False,
+                 first_batch: int = 0):
         case_ids = list(case_ids)
         if not case_ids:
             raise ValueError(f"{folder}: no cases to load patches from")
@@ -78,16 +85,21 @@ class NNUNetPatchLoader(DataLoader):
         self.probabilistic = bool(probabilistic)
         self.seed = int(seed)
         self.previous_stage_folder = Path(previous_stage_folder) if previous_stage_folder is not None else None
-        self.rng = self._make_rng(0)
+        self.first_batch = int(first_batch)
+        self.batches_made = 0  # by this process (worker)
+        self.rng = np.random.default_rng([self.seed, self.first_batch])
 
-    def _make_rng(self, thread_id: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, int(thread_id)])
+    def set_workers(self, n: int) -> None:
+        """Before the augmenter forks: ``n`` worker processes will share the stream (0 or 1: this process)."""
+        self.number_of_threads_in_multithreaded = max(1, int(n))
 
     def set_thread_id(self, thread_id: int) -> None:
-        """Called by the augmenter inside each worker process: reseed, limit threads."""
+        """Called by the augmenter inside each worker process: its place in the stream, limit threads."""
         super().set_thread_id(thread_id)
-        self.rng = self._make_rng(thread_id)
         limit_worker_threads()
+
+    def next_batch_index(self) -> int:
+        return self.first_batch + self.thread_id + self.batches_made * self.number_of_threads_in_multithreaded
 
     def load_sample(self, case: str, forced_fg: bool) -> tuple[np.ndarray, np.ndarray]:
         """One box of ``case``: data float32 (C, *crop), seg int16 (1 or 2, *crop) (2D: slice axis removed)."""
@@ -105,6 +117,9 @@ class NNUNetPatchLoader(DataLoader):
         return data_crop, seg_crop
 
     def generate_train_batch(self) -> dict:
+        index = self.next_batch_index()
+        self.batches_made += 1
+        self.rng = np.random.default_rng([self.seed, index])
         keys = [str(k) for k in self.rng.choice(self.indices, self.batch_size, replace=True)]
         if self.probabilistic:
             forced = [bool(u < self.oversample) for u in self.rng.uniform(size=self.batch_size)]
@@ -120,4 +135,4 @@ class NNUNetPatchLoader(DataLoader):
                 raise ValueError(f"{self.folder}: case {case} has {data.shape[0]} channels, "
                                  f"case {keys[0]} has {data_all.shape[1]}")
             data_all[j], seg_all[j] = data, seg
-        return {"data": data_all, "seg": seg_all, "keys": keys}
+        return {"data": data_all, "seg": seg_all, "keys": keys, "batch_index": index}

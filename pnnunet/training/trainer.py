@@ -396,21 +396,20 @@ class Trainer:
                 return
             with self._training_heap():  # workers fork inside: they inherit the policy
                 folder = job.preprocessed_dataset_dir / self.plan.data_identifier
-                train_iter, val_iter = make_batch_iterators(folder, self.plan, train_ids, val_ids, cfg.num_workers,
-                                                            seed=dist.rank_seed(cfg.seed + 1000 * self.current_epoch,
-                                                                                self.dist.rank),
-                                                            batch_size=self.batch_size,
-                                                            oversample_foreground=self.oversample,
-                                                            probabilistic_oversampling=cfg.oversampling != "last",
-                                                            mirroring=cfg.mirroring,
-                                                            mirror_axes=self.mirror_axes or None,
-                                                            deep_supervision=cfg.deep_supervision,
-                                                            previous_stage_folder=job.previous_stage_dir,
-                                                            foreground_labels=self.labels.foreground_labels,
-                                                            regions=(self.labels.foreground_regions
-                                                                     if self.labels.has_regions else None),
-                                                            ignore_label=self.labels.ignore_label,
-                                                            queued_per_worker=1 if job.device == "cpu" else None)
+                # batch k of either stream is drawn and augmented from (seed, k) alone: a run resumed at epoch e
+                # starts at e x iterations and gets the batches the uninterrupted run got (bit-exact resume)
+                train_iter, val_iter = make_batch_iterators(
+                    folder, self.plan, train_ids, val_ids, cfg.num_workers,
+                    seed=dist.rank_seed(cfg.seed, self.dist.rank),
+                    first_train_batch=self.current_epoch * cfg.iterations_per_epoch,
+                    first_val_batch=self.current_epoch * cfg.val_iterations_per_epoch,
+                    batch_size=self.batch_size, oversample_foreground=self.oversample,
+                    probabilistic_oversampling=cfg.oversampling != "last", mirroring=cfg.mirroring,
+                    mirror_axes=self.mirror_axes or None, deep_supervision=cfg.deep_supervision,
+                    previous_stage_folder=job.previous_stage_dir, foreground_labels=self.labels.foreground_labels,
+                    regions=self.labels.foreground_regions if self.labels.has_regions else None,
+                    ignore_label=self.labels.ignore_label,
+                    queued_per_worker=1 if job.device == "cpu" else None)
                 try:
                     for epoch in range(self.current_epoch, cfg.num_epochs):
                         self._run_epoch(epoch, train_iter, val_iter)

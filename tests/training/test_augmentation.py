@@ -10,7 +10,7 @@ from batchgenerators.augmentations.utils import resize_segmentation
 from batchgenerators.transforms.spatial_transforms import SpatialTransform
 
 from pnnunet.plans import ConfigurationPlan
-from pnnunet.training.augmentation import (Convert2DTo3D, Convert3DTo2D, IsolatedGlobalRandomState, MaskOutsideSeg,
+from pnnunet.training.augmentation import (Convert2DTo3D, Convert3DTo2D, PerBatchRandomState, MaskOutsideSeg,
                                            make_batch_iterators, training_transforms, validation_transforms)
 from pnnunet.training.dataloading import NNUNetPatchLoader
 from pnnunet.training.deep_supervision import ds_scales
@@ -61,7 +61,7 @@ def test_training_batch_shapes_dtypes_and_labels(dataset, patch, strides, expect
     aug, tf = _transforms_for(patch, strides, force_spatial=True)
     assert aug["dummy_2d"] == (patch == (4, 16, 16))
     loader = NNUNetPatchLoader(folder, ids, 3, aug["initial_patch_size"], patch, seed=0)
-    tf = IsolatedGlobalRandomState(tf, seed=0)  # v1 transforms draw from the global random states
+    tf = PerBatchRandomState(tf, seed=0)  # v1 transforms draw from the global random states
     seen = set()
     for _ in range(8):
         out = tf(**next(loader))
@@ -248,3 +248,20 @@ def test_one_queued_batch_per_worker_gives_the_same_batches(dataset):
         assert a["keys"] == b["keys"] and np.array_equal(a["data"], b["data"])
     with pytest.raises(ValueError, match="queued_per_worker"):
         make_batch_iterators(folder, plan, ids, ids, 2, seed=5, start=False, queued_per_worker=0)
+
+
+def test_augmented_batches_depend_on_seed_and_index_only(dataset):
+    """Issue 14 (bit-exact resume): worker processes and a stream started mid-way (a resumed training) give the
+    batches, augmentation included, of the single-process stream from batch 0."""
+    folder, ids = dataset
+    plan = make_plan((16, 24, 16), STRIDES_3D, batch_size=2)
+    tr, va = make_batch_iterators(folder, plan, ids, ids, 0, seed=5)
+    with tr, va:
+        ref = [next(tr) for _ in range(4)]
+    tr, va = make_batch_iterators(folder, plan, ids, ids, 2, seed=5, first_train_batch=2)
+    with tr, va:
+        late = [next(tr) for _ in range(2)]
+    for a, b in zip(ref[2:], late):
+        assert a["batch_index"] == b["batch_index"] and a["keys"] == b["keys"]
+        assert np.array_equal(a["data"], b["data"]) and np.array_equal(a["target"][0], b["target"][0])
+    assert not np.array_equal(ref[0]["data"], ref[1]["data"])

@@ -123,11 +123,22 @@ def test_same_seed_same_batches_and_worker_ids_differ(dataset):
         ba, bb = next(a), next(b)
         assert ba["keys"] == bb["keys"] and np.array_equal(ba["data"], bb["data"])
     w0, w1 = NNUNetPatchLoader(folder, ids, **kw), NNUNetPatchLoader(folder, ids, **kw)
-    w0.set_thread_id(0)
-    w1.set_thread_id(1)
-    d0 = [next(w0)["data"] for _ in range(3)]
-    d1 = [next(w1)["data"] for _ in range(3)]
-    assert not any(np.array_equal(x, y) for x, y in zip(d0, d1))
+    for w, t in ((w0, 0), (w1, 1)):
+        w.set_workers(2)
+        w.set_thread_id(t)
+    d0 = [next(w0) for _ in range(3)]
+    d1 = [next(w1) for _ in range(3)]
+    assert not any(np.array_equal(x["data"], y["data"]) for x, y in zip(d0, d1))
+    # two workers read round robin make the one-process stream: batch k is a function of (seed, k) alone
+    stream = NNUNetPatchLoader(folder, ids, **kw)
+    one = [next(stream) for _ in range(6)]
+    for k, got in enumerate(x for pair in zip(d0, d1) for x in pair):
+        assert got["batch_index"] == k and got["keys"] == one[k]["keys"] and np.array_equal(got["data"], one[k]["data"])
+    # a stream started at batch 4 (a resumed training) continues the uninterrupted one
+    late = NNUNetPatchLoader(folder, ids, first_batch=4, **kw)
+    for k in (4, 5):
+        got = next(late)
+        assert got["batch_index"] == k and np.array_equal(got["data"], one[k]["data"])
 
 
 def test_loader_rejects_bad_arguments(dataset):
