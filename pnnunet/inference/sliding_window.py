@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Callable, Iterator, Sequence
 
@@ -244,6 +245,8 @@ def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: 
     Parameters
     ----------
     predict_fn : callable float32 (N, C, *P) → (N, num_outputs, *P) logits
+        (with a true ``keeps_buffers`` attribute when it keeps its own buffers between calls: the heap
+        policy of :func:`pnnunet.heap.reuse_freed_memory` is then not applied)
     data : ndarray (C, X, Y, Z) (or (C, X, Y) with a 2D patch); any float dtype, memory maps fine
     patch_size : P, 3 ints, or 2 ints (2D configuration: slice by slice along axis 0)
     num_outputs : K, the network's output channels (segmentation heads)
@@ -283,8 +286,11 @@ def predict_sliding_window(predict_fn: PredictFn, data: np.ndarray, patch_size: 
     tiles = list(iter_tiles(spatial, patch_size, step_size))
     log.debug("sliding window: %d tiles of %s on %s, %d mirror passes", len(tiles), patch_size, spatial, len(combos))
 
-    # freed activations are reused across tiles instead of being page-faulted in again (heap.py)
-    with reuse_freed_memory(), tqdm(total=len(tiles), disable=not progress, desc="tiles", unit="tile",
+    # freed activations are reused across tiles instead of being page-faulted in again (heap.py); a predict
+    # function that keeps its own buffers between calls (keeps_buffers: Paddle Inference) gains nothing from
+    # that and the kept heap's fragmentation only raises the peak (benchmarks/RESULTS.md, "upstream CT model")
+    heap = nullcontext() if getattr(predict_fn, "keeps_buffers", False) else reuse_freed_memory()
+    with heap, tqdm(total=len(tiles), disable=not progress, desc="tiles", unit="tile",
                                          leave=False) as bar:
         for start in range(0, len(tiles), tiles_per_call):
             group = tiles[start:start + tiles_per_call]

@@ -218,6 +218,10 @@ class InferencePredictor:
     num_threads : CPU math threads (default: all cores)
     """
 
+    # the predictor keeps every intermediate tensor of its graph allocated between runs (no memory
+    # optimisation, see inference_config), so the sliding window leaves the heap policy alone
+    keeps_buffers = True
+
     def __init__(self, graph_file: Path | str, params_file: Path | str, device: str = "cpu",
                  num_threads: int | None = None):
         paddle = import_paddle()
@@ -258,6 +262,11 @@ class _FallbackPredictFn:
         self._static, self._build, self._name = static, build_network, name
         self._eager: PredictFn | None = None
         self.backend = "static"
+
+    @property
+    def keeps_buffers(self) -> bool:
+        """Whether the function in use keeps its own buffers between calls (see :class:`InferencePredictor`)."""
+        return self._eager is None and getattr(self._static, "keeps_buffers", False)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._eager is None:

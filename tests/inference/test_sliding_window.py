@@ -347,3 +347,36 @@ def test_on_tile_reports_every_tile_group_in_order(batch):
     assert len(calls) == -(-n // batch)
     assert np.array_equal(with_hook, predict_sliding_window(LinearNet(1, 3, (6, 8, 6)), data, (6, 8, 6), 3,
                                                             tile_batch_size=batch))
+
+
+def test_heap_policy_skipped_for_predict_fns_that_keep_their_buffers(monkeypatch):
+    """A predict function with ``keeps_buffers`` (Paddle Inference) runs without the reuse-freed-memory heap
+    policy (its fragmentation only raised the peak); every other one runs inside it; results are the same."""
+    import contextlib
+
+    from pnnunet.inference import sliding_window as sw
+
+    entered = []
+
+    @contextlib.contextmanager
+    def recording():
+        entered.append(True)
+        yield True
+
+    monkeypatch.setattr(sw, "reuse_freed_memory", recording)
+
+    def plain(x):
+        return np.repeat(x[:, :1] * 2, 2, axis=1)
+
+    class Keeping:
+        keeps_buffers = True
+
+        def __call__(self, x):
+            return plain(x)
+
+    data = np.random.default_rng(0).standard_normal((1, 10, 12)).astype(np.float32)
+    y_plain = sw.predict_sliding_window(plain, data, (6, 8), 2, dtype=np.float32)
+    assert entered == [True]
+    y_keeping = sw.predict_sliding_window(Keeping(), data, (6, 8), 2, dtype=np.float32)
+    assert entered == [True]
+    np.testing.assert_array_equal(y_plain, y_keeping)

@@ -54,6 +54,7 @@ def test_static_predictor_equals_eager(name, tmp_path):
     graph, params = sg.export_network(net, tmp_path / "model", 2, dim)
     assert graph.suffix in sg.GRAPH_SUFFIXES and params.suffix == ".pdiparams"
     predictor = sg.InferencePredictor(graph, params, "cpu", num_threads=1)
+    assert predictor.keeps_buffers and not getattr(sg.eager_predict_fn(net), "keeps_buffers", False)
     eager = sg.eager_predict_fn(net)
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -135,11 +136,14 @@ def test_static_predict_fn_switches_to_eager_when_a_run_fails(caplog):
     def failing(x):
         raise RuntimeError("predictor run failed")
 
+    failing.keeps_buffers = True  # as an InferencePredictor: the sliding window leaves the heap alone
     fn = sg._FallbackPredictFn(failing, lambda: net, "fold_0/checkpoint_final.pdparams")
+    assert fn.keeps_buffers
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
     with caplog.at_level(logging.WARNING):
         y = fn(x)
     assert fn.backend == "eager" and "predictor run failed" in caplog.text
+    assert not fn.keeps_buffers  # the eager network frees its activations: the heap policy applies again
     np.testing.assert_array_equal(y, sg.eager_predict_fn(net)(x))
 
 
