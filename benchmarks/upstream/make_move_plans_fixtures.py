@@ -43,16 +43,29 @@ CASES = {
 TARGETS = {"10": "Dataset010_HippocampusSample", "11": "Dataset011_ISBI2012"}
 
 
-def _hippocampus_target(raw: Path) -> None:
+def hippocampus_target(raw: Path, cases=("hippocampus_001", "hippocampus_003")) -> Path:
+    """A v2 raw dataset of a few bundled-sample cases (target 10)."""
     sample = DATA / "Task04_Hippocampus_sample"
     (raw / "imagesTr").mkdir(parents=True)
     (raw / "labelsTr").mkdir()
-    for case in ("hippocampus_001", "hippocampus_003"):
+    for case in cases:
         shutil.copyfile(sample / "imagesTr" / f"{case}.nii.gz", raw / "imagesTr" / f"{case}_0000.nii.gz")
         shutil.copyfile(sample / "labelsTr" / f"{case}.nii.gz", raw / "labelsTr" / f"{case}.nii.gz")
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
-        "numTraining": 2, "file_ending": ".nii.gz"}, indent=2))
+        "numTraining": len(cases), "file_ending": ".nii.gz"}, indent=2))
+    return raw
+
+
+def lay_out_inputs(raw: Path, preprocessed: Path) -> None:
+    """The source's preprocessed plans files and the two targets' raw datasets, as described above (shared
+    with tests/planning/test_move_plans.py, which runs pnnunet's command on the same tree)."""
+    src = preprocessed / "Dataset004_Hippocampus"
+    src.mkdir(parents=True)
+    for name, path in SOURCE_PLANS.items():
+        shutil.copyfile(path, src / f"{name}.json")
+    hippocampus_target(raw / TARGETS["10"])
+    shutil.copytree(DATA / "ISBI2012_EM_2D_sample", raw / TARGETS["11"])
 
 
 def main() -> None:
@@ -64,12 +77,7 @@ def main() -> None:
         tmp = Path(tmp)
         env = dict(os.environ, nnUNet_raw=str(tmp / "raw"), nnUNet_preprocessed=str(tmp / "pre"),
                    nnUNet_results=str(tmp / "res"))
-        src = tmp / "pre" / "Dataset004_Hippocampus"
-        src.mkdir(parents=True)
-        for name, path in SOURCE_PLANS.items():
-            shutil.copyfile(path, src / f"{name}.json")
-        _hippocampus_target(tmp / "raw" / TARGETS["10"])
-        shutil.copytree(DATA / "ISBI2012_EM_2D_sample", tmp / "raw" / TARGETS["11"])
+        lay_out_inputs(tmp / "raw", tmp / "pre")
         for target in TARGETS.values():
             (tmp / "pre" / target).mkdir()
         command = str(Path(sys.executable).parent / "nnUNetv2_move_plans_between_datasets")

@@ -9,48 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.upstream.make_move_plans_fixtures import CASES, SOURCE_PLANS, TARGETS, hippocampus_target, lay_out_inputs
 from pnnunet.cli.move_plans_between_datasets import main
-from tests.conftest import BUNDLED_SAMPLE, REPO
+from tests.conftest import REPO
 
-DATA = REPO / "tests" / "data"
-EXPECTED = DATA / "upstream_move_plans"
-SOURCE_PLANS = {  # as benchmarks/upstream/make_move_plans_fixtures.py lays them out for upstream
-    "nnUNetPlansTiny": (DATA / "upstream_models" / "Dataset004_Hippocampus"
-                        / "nnUNetTrainer__nnUNetPlansTiny__3d_fullres" / "plans.json"),
-    "nnUNetPlans": DATA / "upstream_hippocampus_220" / "nnUNetPlans.json",
-}
-CASES = {  # fixture name -> (target, -sp, -tp), the script's CASES
-    "tiny_to_010_as_nnUNetPlansTinyFrom4": ("10", "nnUNetPlansTiny", "nnUNetPlansTinyFrom4"),
-    "tiny_to_010_same_name": ("10", "nnUNetPlansTiny", None),
-    "hippocampus220_to_010_as_nnUNetPlansFrom4": ("10", "nnUNetPlans", "nnUNetPlansFrom4"),
-    "hippocampus220_to_011_as_nnUNetPlansFrom4": ("11", "nnUNetPlans", "nnUNetPlansFrom4"),
-}
-TARGETS = {"10": "Dataset010_HippocampusSample", "11": "Dataset011_ISBI2012"}
-
-
-def hippocampus_target(raw: Path, cases=("hippocampus_001", "hippocampus_003")) -> Path:
-    """A v2 raw dataset of a few bundled-sample cases (the fixture script's target 10)."""
-    (raw / "imagesTr").mkdir(parents=True)
-    (raw / "labelsTr").mkdir()
-    for case in cases:
-        shutil.copyfile(BUNDLED_SAMPLE / "imagesTr" / f"{case}.nii.gz", raw / "imagesTr" / f"{case}_0000.nii.gz")
-        shutil.copyfile(BUNDLED_SAMPLE / "labelsTr" / f"{case}.nii.gz", raw / "labelsTr" / f"{case}.nii.gz")
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
-        "numTraining": len(cases), "file_ending": ".nii.gz"}, indent=2))
-    return raw
+EXPECTED = REPO / "tests" / "data" / "upstream_move_plans"
 
 
 @pytest.fixture
 def roots(tmp_path, monkeypatch) -> Path:
     for name in ("raw", "preprocessed", "results"):
         monkeypatch.setenv(f"pnnunet_{name}", str(tmp_path / name))
-    source = tmp_path / "preprocessed" / "Dataset004_Hippocampus"
-    source.mkdir(parents=True)
-    for name, path in SOURCE_PLANS.items():
-        shutil.copyfile(path, source / f"{name}.json")
-    hippocampus_target(tmp_path / "raw" / TARGETS["10"])
-    shutil.copytree(DATA / "ISBI2012_EM_2D_sample", tmp_path / "raw" / TARGETS["11"])
+    lay_out_inputs(tmp_path / "raw", tmp_path / "preprocessed")  # the tree upstream's fixtures were made from
     return tmp_path
 
 
