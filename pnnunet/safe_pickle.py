@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 
 
+class Refused(pickle.UnpicklingError):
+    """Something an allow-list unpickler, or a function of its allow-list, does not accept."""
+
+
 class AllowListUnpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that resolves only ``allowed`` globals.
 
@@ -45,7 +49,7 @@ class AllowListUnpickler(pickle.Unpickler):
 def numpy_scalar(dtype, data=None):
     """A numpy scalar as ``pickle`` rebuilds it (``numpy._core.multiarray.scalar``), object dtypes refused."""
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("it holds a numpy scalar of an object dtype; nothing was run")
+        raise Refused("it holds a numpy scalar of an object dtype; nothing was run")
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
@@ -53,7 +57,7 @@ def numpy_dtype(name, align=False, copy=False):
     """``numpy.dtype`` for :func:`numpy_scalar`, object dtypes refused."""
     dtype = np.dtype(name)
     if dtype.hasobject:
-        raise pickle.UnpicklingError("it holds a numpy object dtype; nothing was run")
+        raise Refused("it holds a numpy object dtype; nothing was run")
     return dtype
 
 

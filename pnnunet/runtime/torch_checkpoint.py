@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pnnunet.errors import PnnunetError
-from pnnunet.safe_pickle import AllowListUnpickler
+from pnnunet.safe_pickle import NUMPY_SCALAR_GLOBALS, AllowListUnpickler, Refused
 
 # storage class name → numpy dtype (byte order applied later); bfloat16 is read as uint16
 _STORAGE_DTYPES = {
@@ -117,26 +117,13 @@ def _device(*args):
     return ":".join(str(a) for a in args)
 
 
-def _numpy_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise _Refused("a numpy scalar of an object dtype")
-    return np.frombuffer(data, dtype=dtype, count=1)[0]
-
-
-def _numpy_dtype(name, align=False, copy=False):
-    dtype = np.dtype(name)
-    if dtype.hasobject:
-        raise _Refused("a numpy object dtype")
-    return dtype
-
-
 def _codecs_encode(text, encoding="utf-8"):
     if encoding not in ("latin1", "latin-1"):
         raise _Refused(f"_codecs.encode with encoding {encoding!r}")
     return str(text).encode("latin1")
 
 
-class _Refused(Exception):
+class _Refused(Refused):
     """Something the restricted unpickler does not accept (turned into a PnnunetError)."""
 
 
@@ -151,9 +138,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch", "device"): _device,
     ("torch", "UntypedStorage"): _StorageType(None),
     ("_codecs", "encode"): _codecs_encode,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "dtype"): _numpy_dtype,
+    **NUMPY_SCALAR_GLOBALS,
     **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
     **{("torch", name): _Dtype(dtype) for name, dtype in _TORCH_DTYPES.items()},
 }
@@ -294,7 +279,7 @@ def read_torch_checkpoint(path: Path | str, skip: Iterable[str] = ("optimizer_st
                 skip = set(skip)
                 obj = type(obj)((k, SKIPPED if k in skip else v) for k, v in obj.items())
             return _materialise(obj, lambda ref: _read_array(archive, top, ref, byteorder, path))
-    except _Refused as e:
+    except Refused as e:  # also the numpy-scalar functions of NUMPY_SCALAR_GLOBALS
         raise PnnunetError(f"{path}: refused to load: {e}. A checkpoint holds only tensors, numbers, strings "
                            "and containers; this file may be malicious or is not a model checkpoint\n"
                            "  fix: use a checkpoint from a source you trust, written by nnU-Net v2 training") from None

@@ -127,6 +127,15 @@ def test_refuses_any_global_outside_the_allow_list(tmp_path, payload):
         read_torch_checkpoint(_zip_with_pickle(tmp_path / "g.pth", payload))
 
 
+def test_numpy_scalars_are_read_and_object_dtypes_refused(tmp_path):
+    good = _zip_with_pickle(tmp_path / "s.pth", pickle.dumps({"best": np.float32(0.5), "n": np.int64(3)}, protocol=2))
+    assert read_torch_checkpoint(good) == {"best": np.float32(0.5), "n": np.int64(3)}
+    # numpy.dtype('O') built by the pickle: refused before anything of it is used
+    payload = b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00O8\x85R."
+    with pytest.raises(PnnunetError, match="refused to load.*object dtype"):
+        read_torch_checkpoint(_zip_with_pickle(tmp_path / "o.pth", payload))
+
+
 def test_refuses_non_checkpoints(tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("hello")
