@@ -32,7 +32,7 @@ from pnnunet.dataset.labels import LabelInfo
 from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path, remove_stale_temporaries, write_json_atomic
-from pnnunet.heap import trim_heap
+from pnnunet.heap import reuse_freed_memory, trim_heap
 from pnnunet.inference.export_prediction import sigmoid
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
@@ -403,8 +403,11 @@ class Trainer:
                                                                  if self.labels.has_regions else None),
                                                         ignore_label=self.labels.ignore_label)
             try:
-                for epoch in range(self.current_epoch, cfg.num_epochs):
-                    self._run_epoch(epoch, train_iter, val_iter)
+                # the batch's activations (above glibc's mmap threshold) are reused step after step instead
+                # of being returned to the kernel and page-faulted in again (heap.py, benchmarks/RESULTS.md)
+                with reuse_freed_memory():
+                    for epoch in range(self.current_epoch, cfg.num_epochs):
+                        self._run_epoch(epoch, train_iter, val_iter)
             finally:
                 for it in (train_iter, val_iter):
                     if hasattr(it, "close"):
