@@ -12,7 +12,11 @@ pnnunet.runtime.onednn.layers.accelerate_convolutions, float32), ``onednn-bf16``
 bfloat16 mixed precision, ``pnnunet_train --bf16``; needs a CPU with native bfloat16), and
 ``onednn+loader``: onednn with batches
 from ``make_batch_iterators`` (real preprocessed data, augmentation in ``--workers`` background
-processes) instead of the pre-made batch; it also reports how long each iteration waited for data.
+processes) instead of the pre-made batch; it also reports how long each iteration waited for data;
+every pnnunet mode runs its iterations under the trainer's CPU heap policy (``heap.TrainingHeap``: freed
+memory returned to the kernel, or kept from the second step on when the process is small enough),
+``--heap glibc`` under glibc's defaults instead (pnnunet before that policy).
+Every pnnunet mode records the training process's minor / major page faults per iteration (getrusage).
 pnnunet modes also count the convolution FLOPs of one step (forward 2·C_in·C_out·k·output voxels per
 convolution, backward-data and backward-weights as much again each; the first layer has no
 backward-data) and report the achieved convolution GFLOP/s (FLOPs / median s per iteration).
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -84,6 +89,7 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
     """Time pnnunet training iterations exactly as ``Trainer._build`` / ``Trainer._train_step`` do them."""
     import paddle
 
+    from pnnunet.heap import TrainingHeap
     from pnnunet.training.deep_supervision import ds_weights
     from pnnunet.runtime.architectures import build_network
     from pnnunet.runtime.device import set_cpu_threads
@@ -118,9 +124,14 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
         iters = _real_batches(Path(a.preprocessed), a.configuration, fixed["data"].shape[0], a.workers, a.seed)
         if iters[2] != list(fixed["data"].shape[2:]):
             raise SystemExit(f"preprocessed plan patch {iters[2]} differs from {list(fixed['data'].shape[2:])}")
-    times, waits, losses = [], [], []
+    times, waits, losses, minflt, majflt = [], [], [], [], []
+    heap = TrainingHeap() if a.heap == "trainer" else None
+    policy = None
     try:
+        if heap is not None:
+            heap.__enter__()
         for _ in range(a.warmup + a.iterations):
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             batch = next(iters[0]) if iters else fixed
             waits.append(time.perf_counter() - t0)
@@ -131,8 +142,17 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
             loss.backward()
             optimizer.step()
             losses.append(float(loss.numpy()))
+            if heap is not None:
+                del data, targets, loss  # as Trainer._forward_backward_step before its heap.after_step()
+                if heap.after_step():
+                    policy = f"{heap.decision} ({heap.reason})"
             times.append(time.perf_counter() - t0)
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            minflt.append(r1.ru_minflt - r0.ru_minflt)
+            majflt.append(r1.ru_majflt - r0.ru_majflt)
     finally:
+        if heap is not None:
+            heap.__exit__(None, None, None)
         if iters:
             iters[0].close()
             iters[1].close()
@@ -140,7 +160,9 @@ def pnnunet_worker(a: argparse.Namespace) -> None:
               "onednn_layers": n_fast, "batch_shape": list(fixed["data"].shape), "conv_flops": conv_flops,
               "n_parameters": int(sum(int(np.prod(p.shape)) for p in network.parameters())),
               "warmup": a.warmup, "times": times[a.warmup:], "warmup_times": times[:a.warmup],
-              "data_wait": waits[a.warmup:], "losses": losses}
+              "data_wait": waits[a.warmup:], "losses": losses,
+              "minor_faults": minflt[a.warmup:], "major_faults": majflt[a.warmup:],
+              "heap": a.heap, "heap_policy": policy}
     Path(a.out).write_text(json.dumps(result, indent=1))
 
 
@@ -209,7 +231,7 @@ def _command(mode: str, a: argparse.Namespace, batch: Path, out: Path) -> list[s
         return [str(a.upstream_python), str(HERE / "upstream" / "train_speed_upstream.py"), *common,
                 "--warmup", warmup, "--iterations", iterations]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", mode, *common,
-           "--warmup", warmup, "--iterations", iterations]
+           "--warmup", warmup, "--iterations", iterations, "--heap", a.heap]
     if mode == "onednn+loader":
         cmd += ["--preprocessed", str(a.preprocessed), "--workers", str(a.workers)]
     return cmd
@@ -227,6 +249,10 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
                      "round_medians_s": [statistics.median(r["times"]) for r in results],
                      "peak_rss_gib": max(r["peak_rss_bytes"] for r in results) / 2**30,
                      "median_data_wait_s": statistics.median(waits) if waits else None}
+        faults = [f for r in results for f in r.get("minor_faults", [])]
+        if faults:
+            out[mode]["median_minor_faults"] = statistics.median(faults)
+            out[mode]["median_major_faults"] = statistics.median(f for r in results for f in r["major_faults"])
     if "upstream" in out:
         for mode, s in out.items():
             s["ratio_to_upstream"] = s["median_s"] / out["upstream"]["median_s"]
@@ -235,7 +261,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 def table(summary: dict[str, dict]) -> str:
     lines = [("| tool / mode | median s/iter | min | n | per-round medians | x upstream | peak RSS GiB | data wait "
-              "| conv GFLOP/step | conv GFLOP/s |"), "|---|---|---|---|---|---|---|---|---|---|"]
+              "| conv GFLOP/step | conv GFLOP/s | minor faults/iter |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, s in summary.items():
         wait = "" if s["median_data_wait_s"] is None else f"{s['median_data_wait_s']:.3f}"
         rounds = ", ".join(f"{v:.2f}" for v in s["round_medians_s"])
@@ -243,7 +269,7 @@ def table(summary: dict[str, dict]) -> str:
         rate = "" if s.get("conv_gflops_per_s") is None else f"{s['conv_gflops_per_s']:.0f}"
         lines.append(f"| {mode} | {s['median_s']:.2f} | {s['min_s']:.2f} | {s['n']} | {rounds} | "
                      f"{s.get('ratio_to_upstream', float('nan')):.2f} | {s['peak_rss_gib']:.2f} | {wait} "
-                     f"| {gflop} | {rate} |")
+                     f"| {gflop} | {rate} | {s.get('median_minor_faults', '')} |")
     return "\n".join(lines)
 
 
@@ -272,7 +298,11 @@ def driver(a: argparse.Namespace) -> None:
             result.update(peak_rss_bytes=res["peak_rss_bytes"], wall_s=res["wall_s"],
                           loadavg=os.getloadavg())
             runs[mode].append(result)
-            print(f"round {r} {mode}: median {statistics.median(result['times']):.2f} s/iter, "
+            faults = (f", {statistics.median(result['minor_faults']):.0f} minor faults/iter"
+                      if result.get("minor_faults") else "")
+            if result.get("heap_policy"):
+                faults += f", heap {result['heap_policy']}"
+            print(f"round {r} {mode}: median {statistics.median(result['times']):.2f} s/iter{faults}, "
                   f"peak RSS {res['peak_rss_bytes'] / 2**30:.2f} GiB, load {os.getloadavg()[0]:.1f}", flush=True)
     summary = summarize(runs)
     print(table(summary))
@@ -307,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preprocessed", default=None, help="pnnunet preprocessed dataset dir (onednn+loader)")
     p.add_argument("--workers", type=int, default=2, help="augmentation worker processes (onednn+loader)")
+    p.add_argument("--heap", choices=("trainer", "glibc"), default="trainer",
+                   help="pnnunet modes: the trainer's CPU heap policy (default) or glibc's defaults")
     p.add_argument("--upstream_python", default=str(DEFAULT_UPSTREAM_PYTHON))
     p.add_argument("--out", default=None, help="write all results as JSON here")
     p.add_argument("--peak", action="store_true", help="also measure the machine's float32 / bfloat16 "

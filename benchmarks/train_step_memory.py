@@ -6,8 +6,9 @@ random batch of the plan's batch and patch size; a thread samples RSS every 10 m
         -c 3d_lowres [--batch 1] [--paddle_leaky_relu]
 
 ``--paddle_leaky_relu``: the training LeakyReLU that keeps its input (pnnunet before issue 16).
-``--heap glibc``: glibc's default heap policy during the steps (pnnunet before the trainer's
-``return_freed_memory`` + trim after each step; ``--heap training``, the default, is what it does now).
+``--heap glibc``: glibc's default heap policy during the steps (pnnunet before the trainer's heap policy;
+``--heap training``, the default, is what ``Trainer.fit`` does now: ``heap.TrainingHeap``, freed memory
+returned + a trim after each step, or kept from the second step on when the process is small enough).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import paddle
 import paddle.nn.functional as F
 
 import pnnunet.runtime.network as network_module
-from pnnunet.heap import return_freed_memory, trim_heap
+from pnnunet.heap import TrainingHeap, trim_heap
 from pnnunet.plans import ConfigurationPlan
 from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.network import recompute_encoder_stages
@@ -99,8 +100,7 @@ def main() -> None:
     targets_np = downsample_seg_for_ds(seg, ds_scales(cfg["architecture"]["arch_kwargs"]["strides"]))
     rows.append(("network + optimizer + batch", s.take(), rss()))
     heap = contextlib.ExitStack()  # closed after the steps
-    if a.heap == "training":
-        heap.enter_context(return_freed_memory())
+    policy = heap.enter_context(TrainingHeap()) if a.heap == "training" else None
     for step in range(a.steps):
         x = paddle.to_tensor(data)
         targets = [paddle.to_tensor(np.asarray(t, dtype=np.int64)) for t in targets_np]
@@ -114,8 +114,8 @@ def main() -> None:
         opt.step()
         value = float(loss.numpy())
         del out, loss, x, targets
-        if a.heap == "training":
-            trim_heap()
+        if policy is not None and policy.after_step():
+            print(f"heap policy after step {step}: {policy.decision} ({policy.reason})", flush=True)
         rows.append((f"step {step} optimizer step, outputs freed ({time.time() - t0:.0f} s, loss {value:.4f})",
                      s.take(), rss()))
     heap.close()

@@ -1,4 +1,4 @@
-"""Process heap policy for large array workloads (network inference on CPU).
+"""Process heap policy for large array workloads (network inference and training on CPU).
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh mmap and
 returns it to the kernel on free. A 3D U-Net on a CT patch allocates and frees gigabytes of
@@ -10,11 +10,13 @@ activations per tile, so without :func:`reuse_freed_memory` every tile page-faul
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD, _GLIBC_MMAP_THRESHOLD = 65536, 128 * 1024, 128 * 1024  # glibc's defaults
@@ -114,3 +116,93 @@ def trim_heap() -> bool:
         if _HEAP_DEPTH:
             return False
         return bool(libc.malloc_trim(0))
+
+
+KEPT_HEAP_GROWTH = 2.0
+"""Peak resident memory of a training process whose freed memory is kept, over the same process's peak with
+freed memory returned: 1.75-1.85 measured (Hippocampus 3d_fullres, batch 8: 2.28-2.32 -> 4.04-4.21 GiB,
+benchmarks/RESULTS.md "Training step with freed memory reused"), rounded up."""
+
+
+def reuse_pays(peak_bytes: int, ram_bytes: int, processes: int = 1) -> bool:
+    """Whether a training process whose peak so far is ``peak_bytes`` can keep its freed memory: the
+    expected kept-heap peak (:data:`KEPT_HEAP_GROWTH` x ``peak_bytes``) of all ``processes`` training on
+    the machine together stays within half of ``ram_bytes``, the rest being left to the augmentation
+    workers, the final validation and everything else. Keeping pays on small patches (Hippocampus:
+    2-2.4x faster steps, RESULTS.md); a CT patch's step alone needs several GiB, and keeping its
+    fragmented heap would add as much again."""
+    return KEPT_HEAP_GROWTH * peak_bytes * max(1, processes) <= ram_bytes / 2
+
+
+def machine_ram_bytes() -> int | None:
+    """Physical memory, lowered to the control group's limit when one is set (containers, e.g. AI Studio);
+    None where neither can be read."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            ram = int(text) if ram is None else min(ram, int(text))
+        break
+    return ram
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (``getrusage``; 0 where it is not available)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class TrainingHeap:
+    """CPU training's heap policy (one place for ``Trainer.fit`` and ``benchmarks/train_speed.py``).
+
+    Entered: :func:`return_freed_memory` (freed blocks of 1 MiB and more go back to the kernel), so that
+    a large step's fragmented heap does not stay resident on top of the next step's peak. Call
+    :meth:`after_step` after each training step, with the step's tensors released: it trims the heap,
+    and after the first step decides once from the process's peak so far (:func:`reuse_pays`) whether
+    to keep freed memory from then on (:func:`reuse_freed_memory`: no page faults for the activations of
+    each step; trimming then does nothing). The policy moves memory, it never changes a result.
+    ``decision`` is None before the first step, then ``"reuse"`` or ``"return"``; ``reason`` says why.
+    """
+
+    def __init__(self, processes: int = 1, ram_bytes: int | None = None):
+        self.processes = processes
+        self.ram_bytes = ram_bytes
+        self.decision: str | None = None
+        self.reason = ""
+        self._stack = None
+
+    def __enter__(self) -> TrainingHeap:
+        self._stack = ExitStack()
+        self._stack.enter_context(return_freed_memory())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def after_step(self) -> bool:
+        """Trim; after the first step decide (returns True then, so that the caller can say ``reason``)."""
+        trim_heap()
+        if self.decision is not None:
+            return False
+        peak, ram = peak_rss_bytes(), self.ram_bytes or machine_ram_bytes()
+        gib = 2.0**30
+        if ram and peak and _glibc() is not None and reuse_pays(peak, ram, self.processes):
+            self._stack.enter_context(reuse_freed_memory())
+            self.decision = "reuse"
+            self.reason = (f"peak {peak / gib:.2f} GiB after the first step, x{KEPT_HEAP_GROWTH:g} x {self.processes} "
+                           f"process(es) fits in half of {ram / gib:.1f} GiB")
+        else:
+            self.decision = "return"
+            self.reason = (f"peak {peak / gib:.2f} GiB after the first step, x{KEPT_HEAP_GROWTH:g} x {self.processes} "
+                           f"process(es) does not fit in half of {ram / gib:.1f} GiB" if ram and peak
+                           else "the machine's memory or this process's peak could not be read")
+        return True

@@ -260,3 +260,32 @@ def test_train_bf16_flag_is_recorded_in_log_and_checkpoint(workspace):
     state = paddle.load(str(fold / "checkpoint_final.pdparams"))
     assert state["precision"] == expected
     assert all(str(v.dtype).endswith("float32") for v in state["network_weights"].values())
+
+
+def test_training_keeps_freed_memory_after_the_first_step_on_small_patches(workspace, monkeypatch, capsys):
+    """A small training process (the tiny plans) keeps freed memory in the heap from its second step on (no
+    page-faulting the batch's activations in again each step) and says so in the log; glibc's defaults are
+    back once training has ended. (The CT-sized case, freed memory returned: tests/test_heap.py.)"""
+    from pnnunet import heap
+    from pnnunet.cli import train as train_cli
+    from pnnunet.training.trainer import Trainer
+
+    depths = []
+    step = Trainer._forward_backward_step
+
+    def spy(self, batch):
+        depths.append(heap._HEAP_DEPTH)
+        return step(self, batch)
+
+    _use_workspace(workspace, monkeypatch)
+    monkeypatch.setenv("pnnunet_results", str(workspace / "res_heap"))
+    monkeypatch.setattr(Trainer, "_forward_backward_step", spy)
+    code = train_cli.main(["3d_fullres", "0", "-p", "pnnunetTinyPlans", "--epochs", "1", "--iterations_per_epoch",
+                           "3", "--val_iterations_per_epoch", "1", "--num_workers", "0", "-device", "cpu",
+                           "--no_pbar"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    kept = 1 if heap._glibc() is not None else 0
+    assert depths == [0, kept, kept], depths
+    assert heap._HEAP_DEPTH == 0
+    log = next((workspace / "res_heap").rglob("training_log.txt")).read_text()
+    assert ("CPU heap: freed memory kept between steps" if kept else "CPU heap: freed memory returned") in log

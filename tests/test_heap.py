@@ -152,3 +152,38 @@ def test_return_freed_memory_restores_the_threshold_and_trims(monkeypatch):
     monkeypatch.setattr(heap, "_glibc", lambda: None)
     with heap.return_freed_memory() as active:
         assert active is False
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("peak_gib, ram_gib, processes, keeps", [
+    (2.31, 24, 1, True),    # Hippocampus 3d_fullres batch 8 on the 24 GiB benchmark machine (RESULTS.md)
+    (2.31, 8, 1, False),    # the same on an 8 GiB laptop: 4.6 GiB kept would leave too little
+    (2.31, 24, 2, True),    # two gloo ranks: 9.2 <= 12
+    (2.31, 24, 3, False),
+    (8.0, 24, 1, False),    # a CT 3d_lowres step (8.0-8.35 GiB, RESULTS.md): returned, the RAM target holds
+    (8.0, 64, 1, True),
+])
+def test_reuse_pays_reference_numbers(peak_gib, ram_gib, processes, keeps):
+    assert heap.reuse_pays(int(peak_gib * GIB), ram_gib * GIB, processes) is keeps
+
+
+def test_training_heap_keeps_freed_memory_after_the_first_step_only_when_it_fits():
+    if heap._glibc() is None:
+        pytest.skip("glibc only")
+    with heap.TrainingHeap(ram_bytes=1024 * GIB) as small:
+        assert heap._HEAP_DEPTH == 0 and small.decision is None
+        assert small.after_step() is True  # decided now
+        assert small.decision == "reuse" and heap._HEAP_DEPTH == 1 and "fits" in small.reason
+        assert small.after_step() is False and heap._HEAP_DEPTH == 1
+    assert heap._HEAP_DEPTH == 0
+    with heap.TrainingHeap(ram_bytes=heap.peak_rss_bytes()) as large:  # the process alone is all the RAM
+        assert large.after_step() is True
+        assert large.decision == "return" and heap._HEAP_DEPTH == 0 and "does not fit" in large.reason
+    assert heap._HEAP_DEPTH == 0
+
+
+def test_machine_ram_is_read():
+    ram = heap.machine_ram_bytes()
+    assert ram is None or ram > heap.peak_rss_bytes() > 0

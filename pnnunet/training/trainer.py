@@ -33,7 +33,7 @@ from pnnunet.dataset.labels import LabelInfo
 from pnnunet.defaults import DEFAULT_STEP_SIZE, sibling_model_dir
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path, remove_stale_temporaries, write_json_atomic
-from pnnunet.heap import return_freed_memory, trim_heap
+from pnnunet.heap import TrainingHeap, trim_heap
 from pnnunet.inference.export_prediction import sigmoid
 from pnnunet.inference.sliding_window import check_step_size
 from pnnunet.plans import ConfigurationPlan
@@ -148,6 +148,7 @@ class Trainer:
         self.num_input_channels = num_network_inputs(job.dataset_json, self.plan.previous_stage)
         self.num_heads = self.labels.num_segmentation_heads
         self.progress = ProgressLog()
+        self.heap: TrainingHeap | None = None  # CPU training's heap policy while fit() trains
         self.current_epoch = 0
         self.pretrained_weights: PretrainedWeights | None = None  # applied to a fresh (not resumed) network
         self._split: tuple[list[str], list[str]] | None = None  # see split()
@@ -295,9 +296,11 @@ class Trainer:
             loss = self.loss(out, targets)
         skipped = amp.scaled_backward_and_step(loss, self.optimizer, self.scaler)
         value = float(loss.numpy())
-        if self.job.device == "cpu":
+        if self.heap is not None:
             del data, targets, out, loss
-            trim_heap()  # the step's freed small blocks: not resident during the next step (issue 16)
+            if self.heap.after_step():  # trims; after the first step, keeps freed memory if that fits (heap.py)
+                log.info("CPU heap: freed memory %s between steps (%s)",
+                         "kept" if self.heap.decision == "reuse" else "returned", self.heap.reason)
         return value, skipped
 
     _train_step = train_step
@@ -394,7 +397,7 @@ class Trainer:
             if self.current_epoch >= cfg.num_epochs:
                 log.info("training already finished (%d epochs)", self.current_epoch)
                 return
-            with self._training_heap():  # workers fork inside: they inherit the policy
+            with self._training_heap():  # workers fork inside: they inherit the returning policy
                 folder = job.preprocessed_dataset_dir / self.plan.data_identifier
                 # batch k of either stream is drawn and augmented from (seed, k) alone: a run resumed at epoch e
                 # starts at e x iterations and gets the batches the uninterrupted run got (bit-exact resume)
@@ -463,11 +466,19 @@ class Trainer:
             self.progress.plot(self.job.fold_dir / "progress.png")
         dist.barrier(self.dist, "epoch")  # the others wait here, not in a collective that times out
 
+    @contextlib.contextmanager
     def _training_heap(self):
-        """On CPU, freed blocks of 1 MiB and more go straight back to the kernel while training
-        (:func:`pnnunet.heap.return_freed_memory`): glibc would keep the lower stages' freed activations
-        and gradients in a fragmented heap, resident on top of the next step's peak."""
-        return return_freed_memory() if self.job.device == "cpu" else contextlib.nullcontext()
+        """On CPU, :class:`pnnunet.heap.TrainingHeap` (freed memory returned to the kernel, or kept after the
+        first step when the process is small enough: CT-sized steps stay bounded, small ones skip the page
+        faults), as ``self.heap`` while it is open."""
+        if self.job.device != "cpu":
+            yield
+            return
+        with TrainingHeap(processes=self.dist.world_size) as self.heap:
+            try:
+                yield
+            finally:
+                self.heap = None
 
     def _epoch_totals(self, losses: list[float], val_losses: list[float],
                       stats: np.ndarray) -> tuple[float, float, np.ndarray, int]:

@@ -67,28 +67,37 @@ def test_cpu_trainer_recomputes_encoder_stages_with_the_same_training(tmp_path):
 
 
 def test_cpu_train_steps_trim_the_heap_with_the_same_losses(tmp_path, monkeypatch):
-    """Each CPU training step gives its freed heap chunks back (trim_heap) so they are not resident
-    during the next step; the losses are those of steps without the trim."""
+    """Inside the CPU heap policy each training step gives its freed heap chunks back (trim_heap) so they
+    are not resident during the next step, and after the first step the policy is decided once; the losses
+    are those of steps without any heap policy."""
     import paddle
 
+    from pnnunet import heap
     from tests.training.synthetic import fixed_batches, make_trainer
 
-    def losses(tmp, trim):
+    def losses(tmp, policy: bool):
         with paddle.utils.unique_name.guard():
             paddle.seed(1234)
             trainer = make_trainer(tmp)
             trainer.build()
-            monkeypatch.setattr(trainer_module, "trim_heap", trim)
-            return [trainer.train_step(b) for b in fixed_batches(2)]
+            if not policy:
+                return [trainer.train_step(b) for b in fixed_batches(3)], None
+            with trainer._training_heap():
+                return [trainer.train_step(b) for b in fixed_batches(3)], trainer.heap.decision
 
     calls = []
-    trimmed = losses(tmp_path / "a", lambda: calls.append(1) or True)
-    assert len(calls) == 2  # once per step
-    assert trimmed == losses(tmp_path / "b", lambda: False)
+    real_trim = heap.trim_heap
+    monkeypatch.setattr(heap, "trim_heap", lambda: calls.append(1) or real_trim())
+    trimmed, decision = losses(tmp_path / "a", True)
+    assert len(calls) >= 3  # once per step (and on entering the policy)
+    assert decision in ("reuse", "return")
+    assert trimmed == losses(tmp_path / "b", False)[0]
 
 
-def test_cpu_training_returns_freed_blocks_to_the_kernel(tmp_path, monkeypatch):
+def test_cpu_training_heap_policy_is_entered_on_cpu_only(tmp_path, monkeypatch):
     import contextlib
+
+    from pnnunet import heap
 
     entered = []
 
@@ -97,12 +106,12 @@ def test_cpu_training_returns_freed_blocks_to_the_kernel(tmp_path, monkeypatch):
         entered.append(1)
         yield True
 
-    monkeypatch.setattr(trainer_module, "return_freed_memory", policy)
+    monkeypatch.setattr(heap, "return_freed_memory", policy)
     trainer = Trainer(small_job(tmp_path, 3, 0))
     with trainer._training_heap():
-        pass
-    assert entered == [1]
+        assert isinstance(trainer.heap, heap.TrainingHeap)
+    assert entered == [1] and trainer.heap is None
     trainer.job.device = "gpu:0"  # host memory is not the limit there: glibc's defaults stay
     with trainer._training_heap():
-        pass
+        assert trainer.heap is None
     assert entered == [1]
