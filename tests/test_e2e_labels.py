@@ -20,12 +20,7 @@ from pnnunet.cli.find_best_config import main as find_best_config
 from pnnunet.cli.plan_and_preprocess import main as plan_and_preprocess
 from pnnunet.cli.predict import main as predict
 from pnnunet.cli.train import main as train
-from pnnunet.dataset.cases import get_training_cases
-from pnnunet.dataset.dataset_json import load_dataset_json
-from pnnunet.fileio import write_json_atomic
-from pnnunet.imageio.simpleitk_io import SimpleITKIO
-from pnnunet.planning.fingerprint import extract_fingerprint
-from tests.conftest import BUNDLED_SAMPLE
+from tests.e2e_workspace import run_main, sample_dataset
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("paddle")
@@ -39,42 +34,20 @@ DATASETS = {
 }
 
 
-def _roots(ws: Path) -> dict:
-    return dict(pnnunet_raw=str(ws / "raw"), pnnunet_preprocessed=str(ws / "pre"), pnnunet_results=str(ws / "res"))
-
-
-def _main(ws: Path, main, *args: str) -> int:
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in _roots(ws).items():
-            mp.setenv(key, value)
-        return main(list(args))
+def _sparse_label(ignore: int):
+    def write(src: Path, dst: Path) -> None:
+        img = sitk.ReadImage(str(src))
+        out = sitk.GetImageFromArray(sparsify(sitk.GetArrayFromImage(img), ignore))
+        out.CopyInformation(img)
+        sitk.WriteImage(out, str(dst))
+    return write
 
 
 def _make_raw(ws: Path, kind: str) -> str:
     name, labels, order = DATASETS[kind]
-    raw = ws / "raw" / name
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (raw / sub).mkdir(parents=True)
-    for case in CASES:
-        shutil.copyfile(BUNDLED_SAMPLE / "imagesTr" / f"{case}.nii.gz", raw / "imagesTr" / f"{case}_0000.nii.gz")
-        src = BUNDLED_SAMPLE / "labelsTr" / f"{case}.nii.gz"
-        if kind == "ignore":
-            img = sitk.ReadImage(str(src))
-            out = sitk.GetImageFromArray(sparsify(sitk.GetArrayFromImage(img), labels["ignore"]))
-            out.CopyInformation(img)
-            sitk.WriteImage(out, str(raw / "labelsTr" / f"{case}.nii.gz"))
-        else:
-            shutil.copyfile(src, raw / "labelsTr" / f"{case}.nii.gz")
-    for case in TEST_CASES:
-        shutil.copyfile(BUNDLED_SAMPLE / "imagesTs" / f"{case}.nii.gz", raw / "imagesTs" / f"{case}_0000.nii.gz")
-        shutil.copyfile(BUNDLED_SAMPLE / "labelsTs" / f"{case}.nii.gz", raw / "labelsTs" / f"{case}.nii.gz")
-    dj = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": len(CASES), "file_ending": ".nii.gz"}
-    if order is not None:
-        dj["regions_class_order"] = order
-    (raw / "dataset.json").write_text(json.dumps(dj))
-    cases = get_training_cases(raw, load_dataset_json(raw / "dataset.json"))
-    fingerprint = extract_fingerprint(cases, SimpleITKIO(), num_processes=0, progress=False, num_total_samples=1e5)
-    write_json_atomic(ws / "pre" / name / "dataset_fingerprint.json", fingerprint)
+    sample_dataset(ws, name, labels, CASES, TEST_CASES,
+                   write_label=_sparse_label(labels["ignore"]) if kind == "ignore" else shutil.copyfile,
+                   **({"regions_class_order": order} if order is not None else {}))
     return name
 
 
@@ -92,16 +65,16 @@ def run(request, tmp_path_factory) -> tuple[str, Path, str]:
     did = name[7:10]
     # regions: a second configuration, so that find_best_config also ensembles region probabilities
     configs = ["3d_fullres", "2d"] if kind == "regions" else ["3d_fullres"]
-    assert _main(ws, plan_and_preprocess, "-d", did, "-pl", "tiny", "-c", *configs, "-np", "1", "--no_pbar") == 0
+    assert run_main(ws, plan_and_preprocess, "-d", did, "-pl", "tiny", "-c", *configs, "-np", "1", "--no_pbar") == 0
     for config in configs:
-        assert _main(ws, train, config, "0", "-d", did, "-p", PLANS, "--epochs", "1", "--iterations_per_epoch",
+        assert run_main(ws, train, config, "0", "-d", did, "-p", PLANS, "--epochs", "1", "--iterations_per_epoch",
                      "2", "--val_iterations_per_epoch", "1", "--num_workers", "0", "-device", "cpu", "--no_pbar",
                      "--npz") == 0
-    assert _main(ws, find_best_config, "-d", did, "-c", *configs, "-p", PLANS, "-f", "0", "-np", "1") == 0
-    assert _main(ws, predict, "-i", str(ws / "raw" / name / "imagesTs"), "-o", str(ws / "pred"), "-d", did,
+    assert run_main(ws, find_best_config, "-d", did, "-c", *configs, "-p", PLANS, "-f", "0", "-np", "1") == 0
+    assert run_main(ws, predict, "-i", str(ws / "raw" / name / "imagesTs"), "-o", str(ws / "pred"), "-d", did,
                  "-c", "3d_fullres", "-p", PLANS, "-f", "0", "--save_probabilities", "--disable_tta", "-npp", "0",
                  "-nps", "0", "-device", "cpu", "--no_pbar") == 0
-    assert _main(ws, evaluate, "-ref", str(ws / "raw" / name / "labelsTs"), "-pred", str(ws / "pred"), "-d", did,
+    assert run_main(ws, evaluate, "-ref", str(ws / "raw" / name / "labelsTs"), "-pred", str(ws / "pred"), "-d", did,
                  "-np", "1") == 0
     print(f"{kind}: whole chain in {time.perf_counter() - t0:.1f} s")
     return kind, ws, name

@@ -18,6 +18,7 @@ from pnnunet.cli.predict import main as predict
 from pnnunet.cli.train import main as train
 from pnnunet.planning.compare import plan_differences
 from tests.conftest import BUNDLED_SAMPLE, REPO
+from tests.e2e_workspace import run_main
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("paddle")
@@ -30,22 +31,14 @@ UPSTREAM_PLANS = REPO / "tests" / "planning" / "expected_resenc" / "hippocampus_
 TEST_CASES = ("hippocampus_045", "hippocampus_049")
 
 
-def _main(ws: Path, main, *args: str) -> int:
-    """A command in this process (no interpreter and Paddle start-up per command: the test stays fast)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("raw", "preprocessed", "results"):
-            mp.setenv(f"pnnunet_{key}", str(ws / key))
-        return main(list(args))
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("e2e_resenc")
-    pre = ws / "preprocessed" / DATASET
+    pre = ws / "pre" / DATASET
     pre.mkdir(parents=True)
     # upstream's fingerprint of these 20 cases (pnnunet's equals it) instead of 1e8 intensity samples again
     shutil.copyfile(UPSTREAM_FINGERPRINT, pre / "dataset_fingerprint.json")
-    assert _main(ws, plan_and_preprocess, "-d", str(BUNDLED_SAMPLE), "-pl", "ResEncM", "-c", "3d_fullres",
+    assert run_main(ws, plan_and_preprocess, "-d", str(BUNDLED_SAMPLE), "-pl", "ResEncM", "-c", "3d_fullres",
                  "-np", "1", "--no_pbar") == 0
     # the tiny override: a custom configuration on the same preprocessed data, a narrow ResEnc, batch 2
     plans_file = pre / f"{PLANS}.json"
@@ -55,7 +48,7 @@ def workspace(tmp_path_factory) -> Path:
     tiny["architecture"]["arch_kwargs"]["features_per_stage"] = [4, 8, 16, 16]
     plans["configurations"][CONFIG] = tiny
     plans_file.write_text(json.dumps(plans, indent=2))
-    assert _main(ws, train, CONFIG, "0", "-d", "4", "-p", PLANS, "--epochs", "1", "--iterations_per_epoch", "2",
+    assert run_main(ws, train, CONFIG, "0", "-d", "4", "-p", PLANS, "--epochs", "1", "--iterations_per_epoch", "2",
                  "--val_iterations_per_epoch", "1", "--num_workers", "0", "-device", "cpu", "--npz",
                  "--no_pbar") == 0
     images = ws / "imagesTs"
@@ -66,18 +59,18 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def test_resenc_m_plans_from_the_cli_equal_upstream(workspace):
-    plans = json.loads((workspace / "preprocessed" / DATASET / f"{PLANS}.json").read_text())
+    plans = json.loads((workspace / "pre" / DATASET / f"{PLANS}.json").read_text())
     plans["configurations"].pop(CONFIG)
     assert plan_differences(plans, json.loads(UPSTREAM_PLANS.read_text())) == []
     # 3d_fullres data is shared with the default plans, as upstream's ResEnc planners do
     assert plans["configurations"]["3d_fullres"]["data_identifier"] == "pnnunetPlans_3d_fullres"
-    assert any((workspace / "preprocessed" / DATASET / "pnnunetPlans_3d_fullres").iterdir())
+    assert any((workspace / "pre" / DATASET / "pnnunetPlans_3d_fullres").iterdir())
 
 
 def test_training_builds_the_residual_encoder_unet(workspace):
     from pnnunet.runtime.checkpoints import load_checkpoint
 
-    fold = workspace / "results" / DATASET / f"pnnunetTrainer__{PLANS}__{CONFIG}" / "fold_0"
+    fold = workspace / "res" / DATASET / f"pnnunetTrainer__{PLANS}__{CONFIG}" / "fold_0"
     ckpt = load_checkpoint(fold / "checkpoint_final.pdparams")
     weights = ckpt["network_weights"]
     assert "encoder.stem.convs.0.conv.weight" in weights
@@ -90,12 +83,12 @@ def test_training_builds_the_residual_encoder_unet(workspace):
 
 
 def test_find_best_config_and_predict_follow_it(workspace):
-    assert _main(workspace, find_best_config, "-d", "4", "-c", CONFIG, "-p", PLANS, "-f", "0", "-np", "1") == 0
-    info = json.loads((workspace / "results" / DATASET / "inference_instructions.json").read_text())
+    assert run_main(workspace, find_best_config, "-d", "4", "-c", CONFIG, "-p", PLANS, "-f", "0", "-np", "1") == 0
+    info = json.loads((workspace / "res" / DATASET / "inference_instructions.json").read_text())
     chosen = info["best_model_or_ensemble"]["selected_model_or_models"]
     assert chosen == [{"configuration": CONFIG, "trainer": "pnnunetTrainer", "plans_identifier": PLANS}]
     out = workspace / "pred"
-    assert _main(workspace, predict, "-i", str(workspace / "imagesTs"), "-o", str(out), "-npp", "0", "-nps", "0",
+    assert run_main(workspace, predict, "-i", str(workspace / "imagesTs"), "-o", str(out), "-npp", "0", "-nps", "0",
                  "--no_pbar") == 0
     import SimpleITK as sitk
 

@@ -5,19 +5,13 @@ repeating the training schedule, here without mirroring and with step size 1 (re
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from pnnunet.cli.plan_and_preprocess import main as plan_and_preprocess
 from pnnunet.cli.train import main as train
-from pnnunet.dataset.cases import get_training_cases
-from pnnunet.dataset.dataset_json import load_dataset_json
-from pnnunet.fileio import write_json_atomic
-from pnnunet.imageio.simpleitk_io import SimpleITKIO
-from pnnunet.planning.fingerprint import extract_fingerprint
-from tests.conftest import BUNDLED_SAMPLE
+from tests.e2e_workspace import run_main, sample_dataset
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("paddle")
@@ -29,36 +23,12 @@ TRAIN = ["3d_fullres", "all", "-d", "902", "-p", "pnnunetTinyPlans", "--num_work
          "--no_pbar"]
 
 
-def _roots(ws: Path) -> dict:
-    return dict(pnnunet_raw=str(ws / "raw"), pnnunet_preprocessed=str(ws / "pre"), pnnunet_results=str(ws / "res"))
-
-
-def _main(ws: Path, main, *args: str) -> int:
-    """A command in this process (no interpreter and Paddle start-up per command: the test stays fast)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in _roots(ws).items():
-            mp.setenv(key, value)
-        return main(list(args))
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("e2e_small")
-    raw = ws / "raw" / DATASET
-    (raw / "imagesTr").mkdir(parents=True)
-    (raw / "labelsTr").mkdir()
-    shutil.copyfile(BUNDLED_SAMPLE / "imagesTr" / f"{CASE}.nii.gz", raw / "imagesTr" / f"{CASE}_0000.nii.gz")
-    shutil.copyfile(BUNDLED_SAMPLE / "labelsTr" / f"{CASE}.nii.gz", raw / "labelsTr" / f"{CASE}.nii.gz")
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
-        "numTraining": 1, "file_ending": ".nii.gz"}))
-    # the fingerprint from 1e5 foreground samples instead of upstream's 1e8 (17 s of sampling and percentiles);
-    # MRI z-scoring does not use them, and plan_and_preprocess reuses an existing fingerprint
-    cases = get_training_cases(raw, load_dataset_json(raw / "dataset.json"))
-    fingerprint = extract_fingerprint(cases, SimpleITKIO(), num_processes=0, progress=False, num_total_samples=1e5)
-    write_json_atomic(ws / "pre" / DATASET / "dataset_fingerprint.json", fingerprint)
-    assert _main(ws, plan_and_preprocess, "-d", "902", "-pl", "tiny", "-c", "3d_fullres", "-np", "1", "--no_pbar") == 0
-    assert _main(ws, train, *TRAIN, "--epochs", "1", "--iterations_per_epoch", "2", "--val_iterations_per_epoch",
+    sample_dataset(ws, DATASET, {"background": 0, "Anterior": 1, "Posterior": 2}, [CASE])
+    assert run_main(ws, plan_and_preprocess, "-d", "902", "-pl", "tiny", "-c", "3d_fullres", "-np", "1", "--no_pbar") == 0
+    assert run_main(ws, train, *TRAIN, "--epochs", "1", "--iterations_per_epoch", "2", "--val_iterations_per_epoch",
                  "1") == 0
     return ws
 
@@ -78,7 +48,7 @@ def test_one_case_trains_fold_all_and_validates(trained):
 
 def test_val_needs_no_epochs_flag_and_takes_the_validation_options(trained, capsys):
     # trained with --epochs 1; the default schedule is 1000 epochs: validation alone does not care
-    assert _main(trained, train, *TRAIN, "--val", "--val_disable_tta", "-step_size", "1") == 0
+    assert run_main(trained, train, *TRAIN, "--val", "--val_disable_tta", "-step_size", "1") == 0
     assert "mean foreground Dice" in capsys.readouterr().out
     # patch 24x40x24 on the 36x50x35 case: 2x2x2 tiles at step 0.5 and at step 1, mirrored 8 times before
     assert "case 1/1 hippocampus_001: 8 tiles, no mirroring in" in (trained / FOLD / "training_log.txt").read_text()
