@@ -4,11 +4,13 @@ A pickle can name any Python callable and have it called while loading. :class:`
 resolves exactly the globals of its allow-list (``(module, name)`` → the object to use, which need
 not be the named one) and refuses every other global, and every persistent id unless a subclass
 handles them, by raising the caller's error before anything of the file is called. Used for
-upstream nnU-Net's ``CASE.pkl`` properties, ``postprocessing.pkl`` and ``torch.save`` checkpoints.
+upstream nnU-Net's ``CASE.pkl`` properties, ``postprocessing.pkl`` and ``torch.save`` checkpoints, and
+to check pnnunet's own ``paddle.save`` checkpoints before Paddle unpickles them.
 """
 
 from __future__ import annotations
 
+import collections
 import pickle
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -67,3 +69,33 @@ NUMPY_SCALAR_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): numpy_dtype,
 }
 """The globals a pickle of numpy scalars names (numpy 1.x and 2.x module paths)."""
+
+
+def numpy_reconstruct(cls, shape, dtype):
+    """``numpy._core.multiarray._reconstruct`` (how ``pickle`` rebuilds an ndarray) for ndarrays only."""
+    if cls is not np.ndarray:
+        raise Refused("it rebuilds an array of a class other than numpy.ndarray; nothing was run")
+    return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+NUMPY_ARRAY_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): numpy_reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    **NUMPY_SCALAR_GLOBALS,
+}
+"""The globals a pickle of numpy arrays and scalars names; object dtypes refused (see :func:`numpy_dtype`)."""
+
+PADDLE_SAVE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "tuple"): tuple,
+    **NUMPY_ARRAY_GLOBALS,
+}
+"""What ``paddle.save`` of a dict of tensors, numpy values and plain Python data names: tensors are written
+as ``(name, ndarray)`` tuples, state dicts as OrderedDicts."""
+
+
+def check_pickle(file, allowed: Mapping[tuple[str, str], Any], refuse: Callable[[str], Exception]) -> None:
+    """Read the whole pickle in ``file`` with :class:`AllowListUnpickler` and drop the result: raises
+    ``refuse(...)`` if it names anything outside ``allowed``, before any of it could run."""
+    AllowListUnpickler(file, allowed, refuse).load()

@@ -61,7 +61,7 @@ def _trainer_and_plans(dataset_dir: Path, trainer: str | None, plans: str | None
 
 def _export(args: argparse.Namespace) -> int:
     roots = get_roots()
-    name = resolve_dataset(args.dataset, roots.results, None)
+    name = resolve_dataset(args.dataset, roots.results, None, import_folders=False)
     trainer, plans = _trainer_and_plans(roots.results / name, args.tr, args.p)
     export_model_zip(roots.results, name, args.output, args.c, trainer, plans, folds=args.f, checkpoints=args.chk,
                      strict=not args.not_strict, crossval_predictions=args.exp_cv_preds)

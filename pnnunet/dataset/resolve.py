@@ -69,7 +69,7 @@ def _from_folder(folder: Path, raw_root: Path, preprocessed_root: Path | None, d
 
 
 def resolve_dataset(spec: str | None, raw_root: Path, preprocessed_root: Path | None = None,
-                    dataset_id: int | None = None, *, num_processes: int = 2) -> str:
+                    dataset_id: int | None = None, *, num_processes: int = 2, import_folders: bool = True) -> str:
     """The dataset folder name (e.g. ``Dataset004_Hippocampus``) that ``spec`` refers to.
 
     Parameters
@@ -78,6 +78,8 @@ def resolve_dataset(spec: str | None, raw_root: Path, preprocessed_root: Path | 
     raw_root, preprocessed_root : where ``DatasetXXX_Name`` folders are looked up (preprocessed optional).
     dataset_id : ``--id N`` for a folder that has to be converted/copied into raw.
     num_processes : worker processes for an MSD conversion.
+    import_folders : False where ``raw_root`` is not a raw-data root (e.g. the results root of a model
+        export): a folder is accepted only if it is one of ``raw_root``'s datasets, never copied or converted.
 
     Raises
     ------
@@ -101,6 +103,12 @@ def resolve_dataset(spec: str | None, raw_root: Path, preprocessed_root: Path | 
         if len(matches) > 1:
             raise PnnunetError(f"dataset '{spec}' is ambiguous: {', '.join(matches)}\n"
                                "  fix: pass the full name DatasetXXX_Name (or remove the duplicate folders)")
+    if Path(spec).expanduser().is_dir() and not import_folders:
+        folder = Path(spec).expanduser().resolve()
+        if folder.parent == Path(raw_root).expanduser().resolve() and folder.name in names:
+            return folder.name
+        raise PnnunetError(f"{spec}: not a dataset folder of {where}\n  fix: pass -d with the id or name of a "
+                           f"dataset in {where}; available: {_listing(names)}")
     if Path(spec).expanduser().is_dir():
         return _from_folder(Path(spec), raw_root, preprocessed_root, dataset_id, num_processes)
     short = {_FULL.fullmatch(n)["name"]: n for n in names}

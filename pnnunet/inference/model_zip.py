@@ -14,9 +14,12 @@ A pnnunet model zips with its ``.pdparams`` checkpoints, an upstream one with it
 here). Only the listed files are taken (never conversions, static-graph caches or temporaries). Installing
 checks every member first: no path may leave the results root (absolute paths, ``..``, drive letters,
 links), every member lies under a ``DatasetXXX_Name/`` folder, at least one model folder with plans.json is
-inside; an existing file with other contents is not replaced unless ``overwrite``. The members are
-extracted into a temporary folder in the results root and moved into place only when all were read
-(CRC checked), so a refused or broken zip writes nothing.
+inside, no member lies inside another member; an existing file with other contents is not replaced unless
+``overwrite``. The members are extracted to temporaries beside their targets and renamed into place only
+when all were read (CRC checked; checkpoints first, plans.json last), so a refused or broken zip, a full
+disk or an unreadable member writes nothing. Installing never unpickles anything: the ``.pdparams`` of a
+zip are checked by :func:`pnnunet.runtime.checkpoints.load_checkpoint` when a prediction loads them (a
+pickle naming anything but arrays and plain data is refused unrun).
 """
 
 from __future__ import annotations
@@ -298,8 +301,15 @@ def _installed_models(members: Sequence[tuple[str, ...]], results_root: Path) ->
             for key, folds in sorted(models.items())]
 
 
-def _check_no_file_folder_clash(members: Sequence[tuple[str, ...]], results_root: Path) -> None:
-    """A member whose file is a folder on disk, or whose folder is a file on disk, cannot be installed."""
+def _check_no_file_folder_clash(zip_path: Path, members: Sequence[tuple[str, ...]], results_root: Path) -> None:
+    """A member whose file is a folder on disk or in the zip, or whose folder is a file on disk, cannot be
+    installed."""
+    files = {"/".join(parts) for parts in members}
+    for parts in members:
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in files:
+                raise _bad_member(zip_path, "/".join(parts), f"lies inside '{'/'.join(parts[:depth])}', which the zip "
+                                  "also holds as a file")
     for parts in members:
         target = results_root.joinpath(*parts)
         if target.is_dir():
@@ -312,6 +322,63 @@ def _check_no_file_folder_clash(members: Sequence[tuple[str, ...]], results_root
                 raise PnnunetError(f"{folder}: is a file, the zip has a folder there; nothing was installed\n"
                                    "  fix: remove or rename the file, or install into another results folder "
                                    "(set pnnunet_results)")
+
+
+def _install_order(item: tuple[zipfile.ZipInfo, Path]) -> int:
+    """Checkpoints first, the model folder's plans.json and dataset.json last: a run killed while the files
+    are renamed into place leaves no plans.json that names folds whose checkpoints are missing."""
+    name = item[1].name
+    return 2 if name in ("plans.json", "dataset.json") else 0 if name.endswith(
+        (CHECKPOINT_SUFFIX, UPSTREAM_CHECKPOINT_SUFFIX)) else 1
+
+
+def _write_members(zf: zipfile.ZipFile, zip_path: Path, todo: list[tuple[zipfile.ZipInfo, Path]]) -> None:
+    """Extract every member to a ``.tmp-PID-`` file beside its target (same folder, so the rename cannot
+    cross file systems, e.g. a Dataset folder linked to another disk), then rename them all into place.
+    On any error the temporaries and the folders made for them are removed: nothing is installed."""
+    staged: list[tuple[Path, Path]] = []
+    made: list[Path] = []
+    member, moved = "", -1
+    try:
+        for info, target in sorted(todo, key=_install_order):
+            member = info.filename
+            missing = [p for p in [target.parent, *target.parent.parents] if not p.exists()]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.extend(reversed(missing))
+            tmp = target.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}")
+            staged.append((tmp, target))
+            with zf.open(info) as src, open(tmp, "wb") as dst:  # the CRC is checked as the member is read
+                shutil.copyfileobj(src, dst, 1 << 20)
+        member = ""
+        for moved, (tmp, target) in enumerate(staged):
+            os.replace(tmp, target)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        _remove(staged, made)
+        raise PnnunetError(f"{zip_path}: is damaged ({e}); nothing was installed\n"
+                           "  fix: download or copy the zip again") from None
+    except (RuntimeError, NotImplementedError) as e:  # an encrypted member, an unsupported compression method
+        _remove(staged, made)
+        raise PnnunetError(f"{zip_path}: member '{member}' cannot be extracted ({e}); nothing was installed\n"
+                           "  fix: export the model again without encryption, with standard (deflate) "
+                           "compression") from None
+    except OSError as e:
+        _remove(staged, made)
+        where = f"extracting '{member}'" if member else "moving the files into place"
+        done = (f"{moved} of {len(staged)} files were installed before the error" if moved > 0
+                else "nothing was installed")
+        raise PnnunetError(f"{zip_path}: {where} failed ({e.strerror or e}); {done}\n"
+                           "  fix: check the free space and permissions of the results folder "
+                           "(pnnunet_results) and retry") from None
+
+
+def _remove(staged: list[tuple[Path, Path]], made: list[Path]) -> None:
+    for tmp, _ in staged:
+        tmp.unlink(missing_ok=True)
+    for folder in reversed(made):  # deepest first; only the empty ones made for this install
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def install_model_zip(zip_path: Path | str, results_root: Path | str, overwrite: bool = False) -> list[InstalledModel]:
@@ -345,7 +412,7 @@ def install_model_zip(zip_path: Path | str, results_root: Path | str, overwrite:
                                "inside; nothing was installed\n  fix: pass a zip written by pnnunet_export_model_to_zip "
                                "or nnUNetv2_export_model_to_zip")
         targets = [results_root.joinpath(*p) for p in members]
-        _check_no_file_folder_clash(members, results_root)
+        _check_no_file_folder_clash(zip_path, members, results_root)
         todo = [(i, t) for i, t in zip(infos, targets) if not _same_contents(t, i)]
         clashes = [t for _, t in todo if t.exists()]
         if clashes and not overwrite:
@@ -356,30 +423,14 @@ def install_model_zip(zip_path: Path | str, results_root: Path | str, overwrite:
         try:
             results_root.mkdir(parents=True, exist_ok=True)
             needed, free = sum(i.file_size for i, _ in todo), shutil.disk_usage(results_root).free
-            if needed > free:
-                raise PnnunetError(f"{results_root}: {needed / 1e9:.2f} GB needed to install {zip_path.name}, "
-                                   f"{free / 1e9:.2f} GB free; nothing was installed\n  fix: free space, or install "
-                                   "into another results folder (set pnnunet_results)")
-            staging = results_root / f".install-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            staging.mkdir()
         except OSError as e:
             raise PnnunetError(f"{results_root}: cannot be written ({e.strerror})\n  fix: choose a writable "
                                "results folder (pnnunet_results)") from None
-        try:
-            staged = []
-            for info, target in todo:
-                tmp = staging / f"{len(staged)}"
-                with zf.open(info) as src, open(tmp, "wb") as dst:  # the CRC is checked as the member is read
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                staged.append((tmp, target))
-            for tmp, target in staged:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, target)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-            raise PnnunetError(f"{zip_path}: is damaged ({e}); nothing was installed\n"
-                               "  fix: download or copy the zip again") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        if needed > free:
+            raise PnnunetError(f"{results_root}: {needed / 1e9:.2f} GB needed to install {zip_path.name}, "
+                               f"{free / 1e9:.2f} GB free; nothing was installed\n  fix: free space, or install "
+                               "into another results folder (set pnnunet_results)")
+        _write_members(zf, zip_path, todo)
     log.info("installed %s into %s (%d files, %d already identical)", zip_path.name, results_root, len(todo),
              len(infos) - len(todo))
     for m in models:

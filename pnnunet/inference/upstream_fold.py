@@ -57,7 +57,8 @@ def _cached(path: Path, stamp: dict) -> dict | None:
         return None
     try:
         ckpt = load_checkpoint(path)
-    except PnnunetError:
+    except PnnunetError as e:  # damaged, or refused (it names code to run): converted again, replacing it
+        log.warning("ignoring the cached conversion %s, converting again: %s", path, str(e).splitlines()[0])
         return None
     return ckpt if isinstance(ckpt, dict) and ckpt.get("converted_from") == stamp else None
 

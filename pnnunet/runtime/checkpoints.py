@@ -19,6 +19,7 @@ from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path
 from pnnunet.plans import resolve_configuration
 from pnnunet.runtime.device import import_paddle, raise_if_out_of_memory
+from pnnunet.safe_pickle import PADDLE_SAVE_GLOBALS, Refused, check_pickle
 
 # plan keys that must agree between the plans a checkpoint was made with and the plans it is used with
 PLAN_KEYS_CHECKED = ("patch_size", "spacing", "architecture", "normalization_schemes")
@@ -90,25 +91,35 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 CORRUPT_FILE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load a pnnunet checkpoint (a pickle: load only checkpoints you made).
+def _refused(path: Path, reason: str) -> PnnunetError:
+    return PnnunetError(f"{path}: refused: {reason} (a pickle can run any code it names while loading); nothing of it "
+                        "was run\n  fix: use checkpoints written by pnnunet_train or installed from a model zip you "
+                        "trust; for an nnU-Net v2 model use its checkpoint_final.pth (read without running it)")
 
-    Only a file that cannot be parsed gets the advice to delete it; running out of memory, a file that
-    cannot be read (permissions, I/O error) or a module the pickle needs are reported as what they are,
-    since the checkpoint may be fine. Anything else propagates unchanged.
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a pnnunet checkpoint (``paddle.save``'s pickle), after reading it once with the allow-list
+    unpickler (:data:`~pnnunet.safe_pickle.PADDLE_SAVE_GLOBALS`): a file from a zip or a download that names
+    any other Python object is refused before Paddle unpickles it.
+
+    Only a file that cannot be parsed gets the advice to delete it; running out of memory or a file that
+    cannot be read (permissions, I/O error) are reported as what they are, since the checkpoint may be
+    fine. Anything else propagates unchanged.
     """
     paddle = import_paddle()
     keep = "the checkpoint itself may be fine: do not delete it"
     try:
+        with open(path, "rb") as f:
+            check_pickle(f, PADDLE_SAVE_GLOBALS, lambda what: _refused(path, f"it names {what}, which no pnnunet "
+                                                                              "checkpoint holds"))
         return paddle.load(str(path))
     except (MemoryError, RuntimeError) as e:
         raise_if_out_of_memory(e, f"loading {path}", f"free memory (close other programs), then retry; {keep}")
         raise
-    except ImportError as e:
-        raise PnnunetError(f"{path}: loading it needs the Python module '{e.name}', which is not installed\n"
-                           f"  fix: install the package that provides it and retry; {keep}") from None
     except FileNotFoundError:
         raise PnnunetError(f"{path}: checkpoint not found\n  fix: check the path, or train the fold") from None
+    except Refused as e:  # an allowed global refusing its arguments (an object dtype, a foreign array class)
+        raise _refused(path, str(e).split(";")[0]) from None
     except CORRUPT_FILE_ERRORS as e:
         raise PnnunetError(f"{path}: cannot be loaded as a pnnunet checkpoint ({type(e).__name__}: {e})\n"
                            "  fix: the file is damaged or not a checkpoint; delete it and resume from another "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +61,16 @@ def _origin(init_args) -> tuple[str | None, str | None, str | None]:
 
 
 def _is_torch_file(path: Path) -> bool:
-    return path.suffix.lower() in TORCH_SUFFIXES or zipfile.is_zipfile(path)
+    """A ``.pth``/``.pt`` name, or a file that starts as a zip does (``torch.save``'s format; a ``.pdparams`` is a
+    pickle, ``\x80``). Not ``zipfile.is_zipfile``: it looks for the zip's end record anywhere in the last 64 KiB,
+    which the float bytes of a pickled checkpoint can contain by chance."""
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False  # reported by the loader that is tried next
 
 
 def load_pretrained_weights(path: Path | str, network_class: str = "PlainConvUNet") -> PretrainedWeights:

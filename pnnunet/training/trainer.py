@@ -132,6 +132,10 @@ def _check_compatible(ckpt: dict, job: TrainingJob, path: Path, check_schedule: 
     if problem is not None:
         raise PnnunetError(f"{path}: {problem}\n  fix: retrain without --c (or in a new output folder), or restore "
                            "the plans file and dataset.json the checkpoint was made with")
+    if check_schedule and ckpt.get("inference_only"):
+        raise PnnunetError(f"{path}: holds only the network weights of a finished model (no optimizer state), so "
+                           "training cannot resume from it\n  fix: start a new training from it with "
+                           f"--pretrained_weights {path} (in another output folder), or train without --c")
     stored = ckpt.get("init_args", {})
     if check_schedule and stored.get("num_epochs") not in (None, job.config.num_epochs):
         raise PnnunetError(f"{path}: was trained for {stored['num_epochs']} epochs, now {job.config.num_epochs} "
@@ -564,7 +568,7 @@ class Trainer:
             self.build()
             state = ck.load_checkpoint(path)
             _check_compatible(state, self.job, path, check_schedule=False)
-            self.network.set_state_dict(state["network_weights"])
+            self.network.set_state_dict(ck.weights_as_float32(state["network_weights"]))  # float16 if inference_only
         _, val_ids = self.split()
         mirror_axes = state.get("inference_allowed_mirroring_axes", self.mirror_axes)
         settings = dict(disable_tta=disable_tta, step_size=step_size)

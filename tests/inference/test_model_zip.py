@@ -254,6 +254,18 @@ def test_export_is_strict_about_what_was_asked_for(trained, tmp_path, capsys, mo
     with zipfile.ZipFile(out) as zf:
         assert any(n.endswith("fold_0/checkpoint_final.pdparams") for n in zf.namelist())
         assert not any("fold_3" in n or "__2d/" in n for n in zf.namelist())
+    # -d as a folder: the model folder's dataset in the results root is fine, a folder elsewhere is refused
+    # (never copied into the results root as a raw dataset would be into raw)
+    by_path = tmp_path / "by_path.zip"
+    assert model_sharing.main_export(["-d", str(trained / "res" / OURS), "-o", str(by_path), "-c", "3d_fullres",
+                                      "-p", PLANS, "-f", "0"]) == 0 and by_path.is_file()
+    elsewhere = tmp_path / "Dataset123_Elsewhere"
+    shutil.copytree(trained / "res" / OURS, elsewhere)
+    before = sorted(p.name for p in (trained / "res").iterdir())
+    assert model_sharing.main_export(["-d", str(elsewhere), "-o", str(tmp_path / "no.zip"), "-p", PLANS]) == 1
+    err = capsys.readouterr().err
+    assert "not a dataset folder of" in err and str(elsewhere) in err and "Traceback" not in err
+    assert sorted(p.name for p in (trained / "res").iterdir()) == before and not (tmp_path / "no.zip").exists()
 
 
 # ---------------------------------------------------------------------------------------------- download
@@ -285,7 +297,7 @@ def test_download_installs_from_a_url(server, tmp_path, capsys, monkeypatch):
     models = download_and_install(f"{url}/model.zip", root, progress=False)
     assert [m.model_dir.name for m in models] == [UPSTREAM_MODEL]
     assert (root / DATASET / UPSTREAM_MODEL / "fold_0" / "checkpoint_final.pth").is_file()
-    assert not list(root.glob(".download-*"))  # the temporary file is gone
+    assert not list(root.glob(".tmp-*"))  # the temporary file is gone
 
     monkeypatch.setenv("pnnunet_results", str(tmp_path / "res2"))
     for target, message in ((f"{url}/missing.zip", "HTTP 404"), (f"{url}/page.html", "not a zip"),
@@ -295,3 +307,117 @@ def test_download_installs_from_a_url(server, tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert target in err and message in err and "Traceback" not in err
     assert _listing(tmp_path / "res2") == []
+
+
+def test_a_cut_download_and_a_bad_zip_at_a_url_are_named_by_the_url(server, tmp_path):
+    """A chunked response that stops early (http.client.IncompleteRead, not an OSError) and a zip whose member
+    climbs out: clear errors naming the URL (not the temporary file), nothing left in the results root."""
+    www, url = server
+    _zip(www / "evil.zip", {**GOOD, "../evil.txt": b"x"})
+
+    class Cut(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"1000\r\n" + b"P" * 100)  # announces 4096 bytes, sends 100, closes
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Cut)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    root = tmp_path / "res"
+    try:
+        cut = f"http://127.0.0.1:{httpd.server_address[1]}/model.zip"
+        with pytest.raises(PnnunetError, match="stopped after") as e:
+            download_and_install(cut, root, progress=False)
+        assert str(e.value).startswith(cut)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    with pytest.raises(PnnunetError, match="climbs out") as e:
+        download_and_install(f"{url}/evil.zip", root, progress=False)
+    assert str(e.value).startswith(f"{url}/evil.zip: member '../evil.txt'") and ".tmp-" not in str(e.value)
+    assert _listing(root) == [] and not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("member", ["fold_0/checkpoint_final.pdparams", "fold_0/pnnunet/checkpoint_final.pdparams"])
+def test_a_zip_with_a_malicious_paddle_checkpoint_installs_but_predicting_refuses_it(tmp_path, images, monkeypatch,
+                                                                                    capsys, member):
+    """A ``.pdparams`` is a pickle that ``paddle.load`` would run, planted in a shared zip beside the upstream
+    ``.pth``. As the fold's checkpoint (which pnnunet prefers to the ``.pth``) it is refused when the model is
+    loaded: exit 1, no prediction. As the cached conversion of the ``.pth`` it is ignored and replaced by a
+    fresh conversion. Either way nothing of it runs."""
+    pytest.importorskip("paddle")
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    with zipfile.ZipFile(UPSTREAM_ZIP) as zf:
+        members = {n: zf.read(n) for n in zf.namelist() if not n.endswith("/")}
+    members[f"{DATASET}/{UPSTREAM_MODEL}/{member}"] = pickle.dumps({"network_weights": Evil()})
+    bad = _zip(tmp_path / "shared.zip", members)
+    root = tmp_path / "res"
+    monkeypatch.setenv("pnnunet_results", str(root))
+    assert model_sharing.main_install([str(bad)]) == 0
+    from pnnunet.cli import predict
+
+    out = tmp_path / "out"
+    code = predict.main(["-i", str(images), "-o", str(out), "-d", "4", "-c", "3d_fullres", "-tr", "nnUNetTrainer",
+                         "-p", "nnUNetPlansTiny", "-f", "0", "-npp", "0", "-nps", "0", "--disable_progress_bar"])
+    captured = capsys.readouterr()
+    err = captured.err
+    assert not marker.exists() and "Traceback" not in err
+    planted = root / DATASET / UPSTREAM_MODEL / member
+    if "/pnnunet/" in member:
+        assert code == 0 and (out / f"{CASE}.nii.gz").is_file()
+        assert "ignoring the cached conversion" in captured.out + err and "pathlib.Path.touch" in captured.out + err
+        from pnnunet.runtime.checkpoints import load_checkpoint
+
+        assert "converted_from" in load_checkpoint(planted)  # replaced by a real conversion
+    else:
+        assert code == 1 and "refused" in err and "pathlib.Path.touch" in err and str(planted) in err
+        assert not list(out.glob("*.nii.gz"))
+
+
+def test_a_member_inside_another_member_file_is_refused_before_writing(tmp_path):
+    model = f"{DATASET}/{UPSTREAM_MODEL}"
+    bad = _zip(tmp_path / "clash.zip", {**GOOD, f"{model}/fold_0": b"a file", f"{model}/fold_0/x.pth": b"inside it"})
+    with pytest.raises(PnnunetError, match="which the zip also holds as a file") as e:
+        install_model_zip(bad, tmp_path / "res")
+    assert f"{model}/fold_0/x.pth" in str(e.value)
+    assert _listing(tmp_path / "res") == []
+
+
+@pytest.mark.parametrize("error, says", [(OSError(28, "No space left on device"), "No space left on device"),
+                                         (NotImplementedError("compression type 99"), "cannot be extracted"),
+                                         (RuntimeError("File is encrypted, password required"), "encrypted")])
+def test_an_error_while_extracting_leaves_nothing_behind(tmp_path, monkeypatch, error, says):
+    """A full disk, an unsupported compression method or an encrypted member, met after some files were
+    extracted: a clear error naming the zip, and no file, temporary or new folder left in the results root."""
+    root = tmp_path / "res"
+    (root / DATASET).mkdir(parents=True)
+    (root / DATASET / "mine.txt").write_text("the user's")
+    before = _listing(root)
+    calls = []
+    copy = shutil.copyfileobj
+
+    def failing(src, dst, *a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise error
+        return copy(src, dst, *a)
+
+    monkeypatch.setattr(shutil, "copyfileobj", failing)
+    with pytest.raises(PnnunetError, match=says) as e:
+        install_model_zip(UPSTREAM_ZIP, root)
+    assert str(UPSTREAM_ZIP) in str(e.value) and "nothing was installed" in str(e.value)
+    assert len(calls) == 3 and _listing(root) == before

@@ -63,3 +63,30 @@ def test_resumed_training_equals_the_uninterrupted_run_bit_for_bit(tmp_path, mon
         assert a["logging"][key] == b["logging"][key], key
     for k in a["network_weights"]:
         np.testing.assert_array_equal(np.asarray(b["network_weights"][k]), np.asarray(a["network_weights"][k]), k)
+
+
+def test_an_inference_only_checkpoint_validates_but_is_not_resumed(tmp_path, monkeypatch):
+    """A compact model (``inference_checkpoint``: float16 weights, no optimizer state), e.g. the bundled
+    pretrained model installed as a fold: ``--val`` predicts with its weights (as float32); ``--c`` refuses it
+    with the fix."""
+    import pnnunet.training.trainer as trainer_module
+    from pnnunet.errors import PnnunetError
+
+    job = _job(tmp_path, "res")
+    trainer = Trainer(job)
+    trainer.build()
+    job.fold_dir.mkdir(parents=True)
+    final = ck.checkpoint_path(job.fold_dir, "checkpoint_final")
+    ck.save_checkpoint(final, ck.inference_checkpoint(trainer._payload(), "test"))
+    assert ck.load_checkpoint(final)["weights_dtype"] == "float16"
+    with pytest.raises(PnnunetError, match="--pretrained_weights") as err:
+        Trainer(job).fit(resume=True)
+    assert str(final) in str(err.value) and "no optimizer state" in str(err.value)
+    stored = ck.load_checkpoint(final)["network_weights"]
+    seen = {}
+    monkeypatch.setattr(trainer_module, "validate_fold", lambda network, *a, **kw: seen.update(
+        {k: v.numpy() for k, v in network.state_dict().items()}))
+    Trainer(job).final_validation(disable_tta=True)
+    assert set(seen) == set(stored)
+    for k, v in seen.items():
+        assert v.dtype == np.float32 and np.array_equal(v, np.asarray(stored[k]).astype(np.float32)), k
