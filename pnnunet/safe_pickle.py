@@ -56,10 +56,13 @@ def numpy_scalar(dtype, data=None):
 
 
 def numpy_dtype(name, align=False, copy=False):
-    """``numpy.dtype`` for :func:`numpy_scalar`, object dtypes refused."""
+    """``numpy.dtype`` for :func:`numpy_scalar` and arrays: plain numbers, booleans, strings and dates;
+    object and structured (void) dtypes refused."""
     dtype = np.dtype(name)
     if dtype.hasobject:
         raise Refused("it holds a numpy object dtype; nothing was run")
+    if dtype.kind == "V":
+        raise Refused("it holds a numpy structured (void) dtype; nothing was run")
     return dtype
 
 

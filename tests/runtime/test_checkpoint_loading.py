@@ -3,6 +3,7 @@ pnnunet's own checkpoints load as before, anything naming another Python object 
 
 import collections
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,12 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_an_object_array_is_refused(tmp_path):
+@pytest.mark.parametrize("array, says", [(np.array([{"a": 1}], dtype=object), "object dtype"),
+                                         (np.zeros(2, dtype=[("a", "<f4")]), "structured (void) dtype")])
+def test_object_and_structured_arrays_are_refused(tmp_path, array, says):
     path = tmp_path / "objects.pdparams"
-    path.write_bytes(pickle.dumps({"network_weights": {"w": np.array([{"a": 1}], dtype=object)}}))
-    with pytest.raises(PnnunetError, match="refused: it holds a numpy object dtype"):
+    path.write_bytes(pickle.dumps({"network_weights": {"w": array}}))
+    with pytest.raises(PnnunetError, match=re.escape(f"refused: it holds a numpy {says}")):
         load_checkpoint(path)
 
 
