@@ -17,20 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pnnunet.errors import PnnunetError
-from pnnunet.safe_pickle import AllowListUnpickler
-
-try:  # numpy >= 2
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # numpy 1.x
-    from numpy.core import multiarray as _multiarray
-
-_ALLOWED_GLOBALS = {
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
-}
-for _module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-    _ALLOWED_GLOBALS[(_module, "_reconstruct")] = _multiarray._reconstruct
-    _ALLOWED_GLOBALS[(_module, "scalar")] = _multiarray.scalar
+from pnnunet.safe_pickle import NUMPY_ARRAY_GLOBALS, AllowListUnpickler, Refused
 
 REQUIRED_KEYS = ("spacing", "shape_before_cropping", "bbox_used_for_cropping",
                  "shape_after_cropping_and_before_resampling")
@@ -99,11 +86,13 @@ def load_upstream_properties(path: Path | str) -> dict:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            props = AllowListUnpickler(f, _ALLOWED_GLOBALS, _refusal(path)).load()
+            props = AllowListUnpickler(f, NUMPY_ARRAY_GLOBALS, _refusal(path)).load()
     except PnnunetError:
         raise
+    except Refused as e:  # an object or structured numpy dtype, an array of another class
+        raise _refusal(path)(str(e).split(";")[0].removeprefix("it holds ")) from None
     except (pickle.UnpicklingError, EOFError, OSError, ValueError, KeyError, IndexError, OverflowError,
-            UnicodeDecodeError, AttributeError) as e:  # unreadable, truncated or not a pickle of plain values
+            UnicodeDecodeError, AttributeError, TypeError) as e:  # unreadable, truncated or not a pickle of plain values
         raise PnnunetError(f"{path}: cannot be read as nnU-Net case properties ({type(e).__name__}: {e})\n"
                            "  fix: preprocess the dataset again (pnnunet_plan_and_preprocess)") from None
     return convert_upstream_properties(props, path)
