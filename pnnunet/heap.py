@@ -84,7 +84,10 @@ def return_freed_memory(mmap_threshold: int = TRAINING_MMAP_THRESHOLD) -> Iterat
     A fixed threshold turns that adjustment off. Costs page faults on blocks the heap would have
     reused (small next to a CT training step). glibc serves a request from free heap chunks before it
     maps, so the heap is trimmed on entering, and should be after each step (:func:`trim_heap`).
-    On leaving, glibc's initial threshold comes back and the heap is trimmed. Inside a
+    On leaving, the threshold is set back to glibc's initial 128 KiB and the heap is trimmed; the dynamic
+    adjustment stays off for the rest of the process (glibc switches it off for good at the first
+    ``mallopt`` of a threshold, here and in :func:`reuse_freed_memory`), so large blocks keep their own
+    mappings afterwards, e.g. in the final validation that follows training. Inside a
     :func:`reuse_freed_memory` block that block's policy wins (no mmap, no trimming). Yields whether it
     took effect (glibc only).
     """
