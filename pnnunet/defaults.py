@@ -7,11 +7,13 @@ names, checkpoint names and suffixes, the model folder naming scheme ``<Trainer>
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Union
 
 from pnnunet.errors import PnnunetError
 
+DATASET_FOLDER = re.compile(r"Dataset(?P<id>\d{3})_(?P<name>.+)")  # DatasetXXX_Name (fullmatch)
 DEFAULT_TRAINER = "pnnunetTrainer"
 DEFAULT_PLANS = "pnnunetPlans"
 

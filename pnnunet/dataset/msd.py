@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pnnunet.dataset.dataset_json import is_msd_dataset_json, load_dataset_json, validate_dataset_json
+from pnnunet.defaults import DATASET_FOLDER
 from pnnunet.errors import DatasetError, DatasetProblems, PnnunetError
 from pnnunet.fileio import load_json, read_json_file, write_json_atomic
 from pnnunet.imageio.completeness import check_complete
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 MARKER = ".pnnunet_source.json"
 FIRST_FREE_ID = 500
 _PREFIX = re.compile(r"(?:Task|Dataset)(?P<id>\d+)_(?P<name>.+)")
-_DATASET_FOLDER = re.compile(r"Dataset(?P<id>\d{3})_(?P<name>.+)")
 _MSD_ENDING = ".nii.gz"
 
 # A worker job: (kind, source file, destination); kind "image" (split/copy) or "label" (copy/cast).
@@ -72,12 +72,12 @@ def dataset_folders(root: Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and _DATASET_FOLDER.fullmatch(p.name))
+    return sorted(p for p in root.iterdir() if p.is_dir() and DATASET_FOLDER.fullmatch(p.name))
 
 
 def lowest_free_id(raw_root: Path, start: int = FIRST_FREE_ID) -> int:
     """Smallest dataset id ≥ ``start`` not used by a ``DatasetXXX_*`` folder in ``raw_root``."""
-    used = {int(_DATASET_FOLDER.fullmatch(p.name)["id"]) for p in dataset_folders(raw_root)}
+    used = {int(DATASET_FOLDER.fullmatch(p.name)["id"]) for p in dataset_folders(raw_root)}
     for i in range(start, 1000):
         if i not in used:
             return i
@@ -410,7 +410,7 @@ def convert_old_nnunet_dataset(src: Path, raw_root: Path, target_name: str, num_
     """An nnU-Net v1 ``TaskXXX_Name`` folder (v1 dataset.json) → ``raw_root/<target_name>`` (upstream's
     ``nnUNetv2_convert_old_nnUNet_dataset``): :func:`convert_msd_dataset` with the id and name taken from
     ``target_name``, which must follow the ``DatasetXXX_Name`` convention."""
-    m = _DATASET_FOLDER.fullmatch(target_name)
+    m = DATASET_FOLDER.fullmatch(target_name)
     if m is None or _sanitize(m["name"]) != m["name"]:
         raise DatasetError(target_name, "is not a dataset name of the form DatasetXXX_Name (three digits, a name of "
                                         "letters, digits, '_' or '-')",
@@ -470,7 +470,7 @@ def import_dataset_folder(src: Path, raw_root: Path, dataset_id: int | None = No
     raw_root = Path(raw_root).expanduser().absolute()
     if not src.is_dir():
         raise DatasetError(src, "folder not found", "pass an existing dataset folder")
-    if src.parent == raw_root.resolve() and _DATASET_FOLDER.fullmatch(src.name):
+    if src.parent == raw_root.resolve() and DATASET_FOLDER.fullmatch(src.name):
         return raw_root / src.name  # already in raw
     dj = load_dataset_json(src / "dataset.json")
     existing, target = _prepare(src, raw_root, dataset_id, dj.get("name"))

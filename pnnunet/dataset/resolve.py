@@ -14,12 +14,12 @@ import re
 from pathlib import Path
 
 from pnnunet.dataset.msd import convert_msd_dataset, dataset_folders, import_dataset_folder, is_msd_folder
+from pnnunet.defaults import DATASET_FOLDER
 from pnnunet.errors import PnnunetError
 
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"(?:Dataset)?(?P<id>\d{1,3})")
-_FULL = re.compile(r"Dataset(?P<id>\d{3})_(?P<name>.+)")
 
 
 def available_datasets(raw_root: Path | None, preprocessed_root: Path | None = None) -> list[str]:
@@ -48,7 +48,7 @@ def _by_name(spec: str, names: list[str]) -> list[str]:
     if s in names:
         return [s]
     low = s.casefold()
-    return [n for n in names if _FULL.fullmatch(n)["name"].casefold() == low or n.casefold() == low]
+    return [n for n in names if DATASET_FOLDER.fullmatch(n)["name"].casefold() == low or n.casefold() == low]
 
 
 def _from_folder(folder: Path, raw_root: Path, preprocessed_root: Path | None, dataset_id: int | None,
@@ -57,7 +57,7 @@ def _from_folder(folder: Path, raw_root: Path, preprocessed_root: Path | None, d
     if not folder.is_dir():
         raise PnnunetError(f"{folder}: folder not found")
     roots = [Path(r).expanduser().resolve() for r in (raw_root, preprocessed_root) if r is not None]
-    if folder.parent in roots and _FULL.fullmatch(folder.name):
+    if folder.parent in roots and DATASET_FOLDER.fullmatch(folder.name):
         return folder.name
     if is_msd_folder(folder):
         return convert_msd_dataset(folder, raw_root, dataset_id, num_processes).name
@@ -111,7 +111,7 @@ def resolve_dataset(spec: str | None, raw_root: Path, preprocessed_root: Path | 
                            f"dataset in {where}; available: {_listing(names)}")
     if Path(spec).expanduser().is_dir():
         return _from_folder(Path(spec), raw_root, preprocessed_root, dataset_id, num_processes)
-    short = {_FULL.fullmatch(n)["name"]: n for n in names}
+    short = {DATASET_FOLDER.fullmatch(n)["name"]: n for n in names}
     close = difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
     close += [short[s] for s in difflib.get_close_matches(spec, list(short), n=3, cutoff=0.6) if short[s] not in close]
     hint = f" Did you mean {' or '.join(close[:3])}?" if close else ""

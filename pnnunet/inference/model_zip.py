@@ -37,9 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pnnunet.defaults import (CHECKPOINT_SUFFIX, INFORMATION_FILE, INSTRUCTIONS_TEXT_FILE, POSTPROCESSING_FILE,
-                              UPSTREAM_CHECKPOINT_SUFFIX, UPSTREAM_INFORMATION_FILE, Fold, checkpoint_stem,
-                              fold_sort_key, model_dir_name, parse_fold, parse_model_dir_name)
+from pnnunet.defaults import (CHECKPOINT_SUFFIX, DATASET_FOLDER, INFORMATION_FILE, INSTRUCTIONS_TEXT_FILE,
+                              POSTPROCESSING_FILE, UPSTREAM_CHECKPOINT_SUFFIX, UPSTREAM_INFORMATION_FILE, Fold,
+                              checkpoint_stem, fold_sort_key, model_dir_name, parse_fold, parse_model_dir_name)
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import atomic_path, load_json
 
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 OVERWRITE_FLAG = "--overwrite"
 UPSTREAM_INFORMATION_TEXT = "inference_information.txt"
-_DATASET_DIR = re.compile(r"Dataset\d{3}_.+")
 _FOLD_DIR = re.compile(r"fold_(?P<fold>\d+|all)")
 _CROSSVAL_DIR = re.compile(r"crossval_results_folds_(?P<folds>.+)")
 _FOLD_FILES = ("debug.json", "train_config.json", "progress.png", "network_architecture.pdf")  # train_config: ours
@@ -273,7 +272,7 @@ def _member_parts(zip_path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
         raise _bad_member(zip_path, name, "climbs out with '..' (it would be written outside the results folder)")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise _bad_member(zip_path, name, "is a symbolic link (links are not installed)")
-    if not parts or not _DATASET_DIR.fullmatch(parts[0]):
+    if not parts or not DATASET_FOLDER.fullmatch(parts[0]):
         raise _bad_member(zip_path, name, "is not under a DatasetXXX_Name/ folder")
     return parts
 
