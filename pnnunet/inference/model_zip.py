@@ -287,10 +287,18 @@ def _same_contents(path: Path, info: zipfile.ZipInfo) -> bool:
     return crc == info.CRC
 
 
+def _is_model_dir_name(name: str) -> bool:
+    try:
+        parse_model_dir_name(name)
+    except PnnunetError:
+        return False
+    return True
+
+
 def _installed_models(members: Sequence[tuple[str, ...]], results_root: Path) -> list[InstalledModel]:
     models: dict[tuple[str, str], set] = {}
     for parts in members:
-        if len(parts) >= 3 and parts[1].count("__") == 2 and parts[2] == "plans.json":
+        if len(parts) >= 3 and _is_model_dir_name(parts[1]) and parts[2] == "plans.json":
             models.setdefault(parts[:2], set())
     for parts in members:
         if len(parts) == 4 and parts[:2] in models and (m := _FOLD_DIR.fullmatch(parts[2])) and \

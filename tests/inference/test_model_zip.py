@@ -421,3 +421,11 @@ def test_an_error_while_extracting_leaves_nothing_behind(tmp_path, monkeypatch, 
         install_model_zip(UPSTREAM_ZIP, root)
     assert str(UPSTREAM_ZIP) in str(e.value) and "nothing was installed" in str(e.value)
     assert len(calls) == 3 and _listing(root) == before
+
+
+def test_a_folder_that_only_looks_like_a_model_folder_is_not_installed(tmp_path):
+    """``T____c`` has two ``__`` but an empty plans name: not a model folder (it used to install, then fail)."""
+    bad = _zip(tmp_path / "odd.zip", {f"{DATASET}/T____c/plans.json": b"{}", f"{DATASET}/T____c/dataset.json": b"{}"})
+    with pytest.raises(PnnunetError, match="no model folder"):
+        install_model_zip(bad, tmp_path / "res")
+    assert _listing(tmp_path / "res") == []
