@@ -286,3 +286,43 @@ def test_bf16_layers_only_without_gradients():
     assert RTOL < rel_err(inferred.numpy(), ref.numpy()) < 2e-2
     with pytest.raises(ValueError, match="inference_precision"):
         fast_cpu.accelerate_convolutions(conv, inference_precision="fp16")
+
+
+def test_bf16_weight_gradients_of_small_3d_inputs_are_right():
+    """oneDNN's jit_bf16 backward-weights kernel (Paddle 3.3.1's and 2.6.2's wheels) returns garbage, often
+    inf or NaN, for a 3D input of depth 2 under a 3-deep kernel (found as NaN losses when training the tiny
+    test plans). ``shallow_input_bug`` sends such layers to float32 weight gradients; over every small
+    bottleneck-like geometry the bfloat16 plans' weight gradients stay within BF16_RTOL of float32."""
+    if not bf16_supported():
+        pytest.skip("this CPU has no native bfloat16 convolutions")
+    import itertools
+
+    from pnnunet.runtime.onednn.primitives import output_shape, plan_for
+
+    rng = np.random.default_rng(0)
+    wrong = []
+    for d, h, w, c, n, k in itertools.product(range(1, 6), (2, 5), (2, 5), (16, 32), (1, 2),
+                                               ((3, 3, 3), (1, 3, 3), (3, 3, 1))):
+        pad = [s // 2 for s in k]
+        x = paddle.to_tensor(rng.standard_normal((n, c, d, h, w)).astype(np.float32))  # no input gradient
+        grads = {}
+        for precision in ("f32", "bf16"):
+            wt = paddle.to_tensor(rng.standard_normal((c, c, *k)).astype(np.float32) if precision == "f32"
+                                  else grads["w"])
+            wt.stop_gradient = False
+            grads["w"] = wt.numpy()
+            y = fast_cpu.onednn_conv(x, wt, None, [1, 1, 1], pad, False, precision)
+            (y * y).sum().backward()
+            grads[precision] = wt.grad.numpy()
+        err = rel_err(grads["bf16"], grads["f32"])
+        if not err < BF16_RTOL:  # also catches NaN
+            wrong.append(((n, c, d, h, w), k, err))
+    assert not wrong, wrong
+    shape = [2, 16, 2, 5, 5]
+    plan = plan_for(False, shape, [16, 16, 3, 3, 3], output_shape(False, shape, [16, 16, 3, 3, 3], [1] * 3, [1] * 3),
+                    [1] * 3, [1] * 3, False, "bf16", training=True)
+    assert plan.weights_grad_precision == "f32"
+    shape = [2, 16, 3, 5, 5]
+    plan = plan_for(False, shape, [16, 16, 3, 3, 3], output_shape(False, shape, [16, 16, 3, 3, 3], [1] * 3, [1] * 3),
+                    [1] * 3, [1] * 3, False, "bf16", training=True)
+    assert plan.weights_grad_precision == "bf16"

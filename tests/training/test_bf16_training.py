@@ -127,3 +127,28 @@ def test_cpu_without_native_bf16_falls_back_to_float32_and_says_so(tmp_path, mon
     convs = [m for m in trainer.network.sublayers() if isinstance(m, FastConv3D)]
     assert convs and all(m._training_precision == "f32" for m in convs)
     assert trainer._payload()["precision"] == "float32"
+
+
+@needs_bf16
+def test_bf16_training_is_deterministic_and_finite_down_to_a_depth_2_bottleneck(tmp_path):
+    """The tiny synthetic plan (patch 8x12x8, bottleneck 2x3x2) trained with bfloat16 gave NaN losses or
+    run-to-run differences before ``primitives.shallow_input_bug``: three steps, twice, give the same finite
+    losses, close to float32's."""
+    from tests.training.synthetic import DATASET_JSON, fixed_batches, tiny_plans
+    from pnnunet.training.config import make_train_config
+    from pnnunet.training.trainer import TrainingJob
+
+    def losses(bf16, run):
+        with paddle.utils.unique_name.guard():
+            paddle.seed(1234)
+            cfg = make_train_config(num_workers=0, cpu_bf16=bf16)
+            job = TrainingJob(tmp_path / f"{bf16}{run}" / "pre", tmp_path / f"{bf16}{run}" / "res", tiny_plans(4, True),
+                              "3d_fullres", 0, DATASET_JSON, "pnnunetTrainer", cfg, "cpu", progress_bar=False)
+            trainer = Trainer(job)
+            trainer.build()
+            assert trainer.precision == (amp.CPU_BF16 if bf16 else "float32")
+            return [trainer.train_step(b) for b in fixed_batches(3, 4)]
+
+    first, second, fp32 = losses(True, 0), losses(True, 1), losses(False, 0)
+    assert np.all(np.isfinite(first)) and first == second
+    np.testing.assert_allclose(first, fp32, rtol=2e-3)
