@@ -21,7 +21,7 @@ for a in "$@"; do
 done
 WS=$(python -c "import os,sys; print(os.path.abspath(sys.argv[1]))" "${ARGS[0]:-/tmp/pnnunet_accuracy}")
 RESULTS="$WS/results"
-TRAIN_FLAGS=()
+TRAIN_FLAGS=(--fp32)  # explicit: the default is bfloat16 on CPUs that have it
 if [ "$PRECISION" = bf16 ]; then RESULTS="$WS/results_bf16"; TRAIN_FLAGS=(--bf16); fi
 export pnnunet_raw="$WS/raw" pnnunet_preprocessed="$WS/preprocessed" pnnunet_results="$RESULTS"
 DATA=${PNNUNET_HIPPO:-../shared/data/Task04_Hippocampus}

@@ -177,12 +177,16 @@ def test_data_parallel_two_cpu_processes_kill_resume_validate(workspace):
     assert log.count("data parallel: 2 processes, batch per process [1, 1] (foreground-forced samples [0, 1])") == 2
     for e in range(DDP_EPOCHS):
         assert f"epoch {e} | train_loss" in log
-    assert "skipped_steps 0" in log and "precision float32" in log
+    from pnnunet.runtime.amp import CPU_BF16
+    from pnnunet.runtime.onednn.primitives import bf16_supported
+
+    precision = CPU_BF16 if bf16_supported() else "float32"  # the default: bfloat16 where the CPU has it
+    assert "skipped_steps 0" in log and f"precision {precision}" in log
 
     import paddle
 
     state = paddle.load(str(fold / "checkpoint_final.pdparams"))
-    assert state["current_epoch"] == DDP_EPOCHS and state["world_size"] == 2 and state["precision"] == "float32"
+    assert state["current_epoch"] == DDP_EPOCHS and state["world_size"] == 2 and state["precision"] == precision
     lrs = state["logging"]["lrs"]
     assert lrs == pytest.approx([poly_lr(e, DDP_EPOCHS) for e in range(DDP_EPOCHS)], rel=1e-12)
     assert not latest.exists() and (fold / "progress.png").exists()
@@ -233,27 +237,29 @@ def test_out_of_memory_is_a_clear_error_and_exit_code_1(workspace, monkeypatch, 
     assert "Traceback" not in err
 
 
-def test_train_bf16_flag_is_recorded_in_log_and_checkpoint(workspace):
+@pytest.mark.parametrize("flag", ["--bf16", "--fp32"])
+def test_train_precision_flags_are_recorded_in_log_and_checkpoint(workspace, flag):
     """``pnnunet_train --bf16``: bfloat16 convolutions on a CPU that has them, else float32 with a warning;
-    either way the log, train_config.json and the checkpoint name the precision used."""
+    ``--fp32``: float32 on any CPU. Either way the log, train_config.json and the checkpoint name the
+    precision used."""
     from pnnunet.runtime.amp import CPU_BF16
     from pnnunet.runtime.onednn.primitives import bf16_supported
 
     env = _env(workspace)
-    env["pnnunet_results"] = str(workspace / "res_bf16")
+    env["pnnunet_results"] = str(workspace / f"res_{flag[2:]}")
     out = subprocess.run(_cli("train", "3d_fullres", "0", "-p", "pnnunetTinyPlans", "--epochs", "1",
                               "--iterations_per_epoch", "2", "--val_iterations_per_epoch", "1", "--num_workers", "0",
-                              "-device", "cpu", "--no_pbar", "--val_disable_tta", "--val_step_size", "1", "--bf16"),
+                              "-device", "cpu", "--no_pbar", "--val_disable_tta", "--val_step_size", "1", flag),
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    fold = (workspace / "res_bf16" / "Dataset004_Hippocampus_sample" / "pnnunetTrainer__pnnunetTinyPlans__3d_fullres"
-            / "fold_0")
-    expected = CPU_BF16 if bf16_supported() else "float32"
+    fold = (workspace / f"res_{flag[2:]}" / "Dataset004_Hippocampus_sample"
+            / "pnnunetTrainer__pnnunetTinyPlans__3d_fullres" / "fold_0")
+    expected = CPU_BF16 if bf16_supported() and flag == "--bf16" else "float32"
     log = (fold / "training_log.txt").read_text()
     assert f"precision {expected}" in log
-    assert bf16_supported() or "falling back to float32" in log
+    assert ("falling back to float32" in log) == (flag == "--bf16" and not bf16_supported())
     config = json.loads((fold / "train_config.json").read_text())
-    assert config["precision"] == expected and config["cpu_bf16"] is True
+    assert config["precision"] == expected and config["cpu_bf16"] is (flag == "--bf16")
 
     import paddle
 

@@ -68,10 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no_fast_cpu", "--no-fast-cpu", action="store_true",
                    help="CPU: use Paddle's own (slower) convolution kernels instead of oneDNN")
-    p.add_argument("--bf16", action="store_true",
-                   help="CPU with native bfloat16 (AVX512-BF16 or AMX): convolutions in bfloat16 with float32 "
-                        "accumulation (float32 weights, optimizer, norm and loss), faster than float32. Without native "
-                        "bfloat16 training stays float32 and says so. Recorded in the checkpoint and the log")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true",
+                           help="CPU: insist on bfloat16 convolutions (float32 accumulation, weights, optimizer, norm "
+                                "and loss), the default on CPUs with native bfloat16 (AVX512-BF16 or AMX); elsewhere "
+                                "training stays float32 and says so. Recorded in the checkpoint and the log")
+    precision.add_argument("--fp32", action="store_true",
+                           help="CPU: train in float32 even where native bfloat16 would be used by default")
     p.add_argument("--no_pbar", "--no-pbar", action="store_true")
     p.add_argument("--verbose", action="store_true")
     return p
@@ -134,7 +137,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                             val_iterations_per_epoch=args.val_iterations_per_epoch, save_every=args.save_every,
                             num_workers=workers, seed=args.seed,
                             fast_cpu_convolutions=False if args.no_fast_cpu else None,
-                            cpu_bf16=True if args.bf16 else None)
+                            cpu_bf16=True if args.bf16 else False if args.fp32 else None)
     model_dir = roots.results / name / model_dir_name(args.tr, args.p, args.configuration)
     job = TrainingJob(pre_dir, model_dir, plans, args.configuration, fold, dataset_json, args.tr, cfg,
                       device, progress_bar=not args.no_pbar, dist=ctx)

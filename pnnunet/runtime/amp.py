@@ -52,17 +52,20 @@ def precision_of(device: str) -> str:
 CPU_BF16 = "bfloat16 mixed (oneDNN convolutions)"
 
 
-def training_precision(device: str, cpu_bf16: bool, onednn_convolutions: bool,
+def training_precision(device: str, cpu_bf16: bool | None, onednn_convolutions: bool,
                        bf16_native: bool) -> tuple[str, str | None]:
     """What training computes in, and why a requested bfloat16 is not used (None if it is, or was not asked).
 
-    GPU: ``"float16 AMP"``. CPU: :data:`CPU_BF16` when ``cpu_bf16`` is asked for, the convolutions run
-    through oneDNN and the CPU has native bfloat16; otherwise ``"float32"``."""
+    ``cpu_bf16``: None (the default) = bfloat16 where it is native and the convolutions run through
+    oneDNN, float32 elsewhere without a word; True (``--bf16``) = the same, but a fallback to float32 is
+    reported; False (``--fp32``) = float32. GPU: ``"float16 AMP"`` whatever ``cpu_bf16`` says."""
     if amp_enabled_for(device):
         return precision_of(device), ("--bf16 is for CPU training; on a GPU training uses float16 AMP"
                                       if cpu_bf16 else None)
-    if not cpu_bf16:
+    if cpu_bf16 is False:
         return "float32", None
+    if cpu_bf16 is None:
+        return (CPU_BF16 if onednn_convolutions and bf16_native else "float32"), None
     if not onednn_convolutions:
         return "float32", "--bf16 needs the oneDNN convolutions (not with --no_fast_cpu); training in float32"
     if not bf16_native:

@@ -54,11 +54,12 @@ class TrainConfig:
     # and compute them again there (runtime/recompute.py): the same gradients bit for bit, less peak
     # RAM (benchmarks/RESULTS.md, "Recomputed encoder stages"), one more forward pass of those stages.
     cpu_recompute_stages: int = 2
-    # CPU only (--bf16): the oneDNN convolutions (forward, backward-data, backward-weights) in
-    # bfloat16 with float32 accumulation, on CPUs with native bfloat16 (AVX512-BF16 or AMX);
-    # parameters, optimizer, normalisation and loss stay float32. Elsewhere training stays float32
-    # and says so. Off by default until the Hippocampus accuracy check holds (issue 15).
-    cpu_bf16: bool = False
+    # CPU only: the oneDNN convolutions (forward, backward-data, backward-weights) in bfloat16 with
+    # float32 accumulation, on CPUs with native bfloat16 (AVX512-BF16 or AMX); parameters, optimizer,
+    # normalisation and loss stay float32. None (default): bfloat16 where native, float32 elsewhere
+    # (the Hippocampus accuracy check, benchmarks/RESULTS.md); True (--bf16): the same, and a fallback
+    # to float32 is reported; False (--fp32): float32 everywhere.
+    cpu_bf16: bool | None = None
 
     def __post_init__(self) -> None:
         for name, (flag, minimum) in _LOWER_BOUNDS.items():

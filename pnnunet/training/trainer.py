@@ -6,9 +6,9 @@
 so that optimizer state restores bit-exactly (see checkpoints.py).
 
 On a GPU the steps run under float16 autocast with a GradScaler (:mod:`pnnunet.runtime.amp`); on
-a CPU in float32, or with ``config.cpu_bf16`` (``--bf16``) on a CPU with native bfloat16 the
-oneDNN convolutions compute in bfloat16 with float32 accumulation (float32 master weights,
-optimizer, normalisation and loss). With ``job.dist`` of more than one rank the same trainer runs in every process of
+a CPU with native bfloat16 the oneDNN convolutions compute in bfloat16 with float32 accumulation
+(float32 master weights, optimizer, normalisation and loss; ``config.cpu_bf16``, ``--fp32`` turns it
+off), on other CPUs everything is float32. With ``job.dist`` of more than one rank the same trainer runs in every process of
 a data-parallel job (:mod:`pnnunet.runtime.distributed`): the network is wrapped in
 ``paddle.DataParallel``, each rank draws its share of the plan's batch, epoch statistics are
 summed over the ranks, rank 0 alone writes checkpoints, logs and plots, and the final validation
@@ -159,7 +159,7 @@ class Trainer:
         self.dist = job.dist
         self.precision, fallback = amp.training_precision(
             job.device, self.cfg.cpu_bf16, self.cfg.fast_cpu_convolutions,
-            bf16_native=self.cfg.cpu_bf16 and not amp.amp_enabled_for(job.device) and bf16_supported())
+            bf16_native=self.cfg.cpu_bf16 is not False and not amp.amp_enabled_for(job.device) and bf16_supported())
         self.precision_fallback = fallback  # also named in fit()'s header line, which the training log holds
         if fallback is not None:
             log.warning(fallback)

@@ -32,8 +32,10 @@ def tiny_plans(batch_size: int = 4, batch_dice: bool = True) -> dict:
 
 
 def make_trainer(tmp: Path, dist: DistContext = DistContext(), batch_size: int = 4, batch_dice: bool = True,
-                 fast_cpu: bool = True, device: str = "cpu") -> Trainer:
-    cfg = make_train_config(fast_cpu_convolutions=fast_cpu, num_workers=0)
+                 fast_cpu: bool = True, device: str = "cpu", cpu_bf16: bool | None = False) -> Trainer:
+    """The tiny plan's Trainer; float32 unless ``cpu_bf16`` says otherwise (these tests compare exact
+    algebra: data-parallel sums, scaler steps; bfloat16 training has its own tests)."""
+    cfg = make_train_config(fast_cpu_convolutions=fast_cpu, num_workers=0, cpu_bf16=cpu_bf16)
     job = TrainingJob(Path(tmp) / "pre" / "Dataset999_Tiny", Path(tmp) / "res", tiny_plans(batch_size, batch_dice),
                       "3d_fullres", 0, DATASET_JSON, "pnnunetTrainer", cfg, device, progress_bar=False, dist=dist)
     return Trainer(job)

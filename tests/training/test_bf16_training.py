@@ -55,6 +55,26 @@ def test_training_precision_choice():
     precision, why = amp.training_precision("cpu", True, False, True)
     assert precision == "float32" and "--no_fast_cpu" in why
     assert amp.training_precision("gpu", True, True, True)[0] == "float16 AMP"
+    # None, the default: bfloat16 where it is native and oneDNN runs the convolutions, float32 silently elsewhere
+    assert amp.training_precision("cpu", None, True, True) == (amp.CPU_BF16, None)
+    assert amp.training_precision("cpu", None, True, False) == ("float32", None)
+    assert amp.training_precision("cpu", None, False, True) == ("float32", None)
+    assert amp.training_precision("gpu", None, True, True) == ("float16 AMP", None)
+
+
+def test_default_is_bf16_where_native_and_fp32_turns_it_off(tmp_path, monkeypatch):
+    """The trainer's default config asks for nothing: it uses bfloat16 exactly when the CPU has it;
+    ``cpu_bf16=False`` (``--fp32``) keeps float32 on such a CPU."""
+    import pnnunet.training.trainer as trainer_module
+
+    job = small_job(tmp_path, 3, 0, epochs=1)
+    assert job.config.cpu_bf16 is None
+    for native in (True, False):
+        monkeypatch.setattr(trainer_module, "bf16_supported", lambda native=native: native)
+        assert Trainer(job).precision == (amp.CPU_BF16 if native else "float32")
+        assert Trainer(job).precision_fallback is None
+        off = dataclasses.replace(job, config=dataclasses.replace(job.config, cpu_bf16=False))
+        assert Trainer(off).precision == "float32"
 
 
 @needs_bf16
