@@ -88,7 +88,7 @@ class _ParameterClass:
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                     metadata=None) -> _TensorRef:
     if not isinstance(storage, _Storage) or storage.dtype is None:
-        raise _Refused("a tensor whose storage is not a typed storage")
+        raise Refused("a tensor whose storage is not a typed storage")
     return _TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride),
                       storage.dtype)
 
@@ -96,7 +96,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype,
                        metadata=None) -> _TensorRef:
     if not isinstance(storage, _Storage) or not isinstance(dtype, _Dtype):
-        raise _Refused("a tensor whose storage or dtype is not a plain one")
+        raise Refused("a tensor whose storage or dtype is not a plain one")
     itemsize = _itemsize(dtype.name)
     storage = _Storage(storage.key, dtype.name, storage.numel // itemsize if storage.dtype is None else storage.numel)
     return _TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride),
@@ -109,7 +109,7 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     if new_type is not _ParameterClass:
-        raise _Refused("a tensor subclass")
+        raise Refused("a tensor subclass")
     return func(*args)
 
 
@@ -119,12 +119,8 @@ def _device(*args):
 
 def _codecs_encode(text, encoding="utf-8"):
     if encoding not in ("latin1", "latin-1"):
-        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
+        raise Refused(f"_codecs.encode with encoding {encoding!r}")
     return str(text).encode("latin1")
-
-
-class _Refused(Refused):
-    """Something the restricted unpickler does not accept (turned into a PnnunetError)."""
 
 
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
@@ -145,8 +141,8 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 """The exact globals a checkpoint pickle may name, and what each is resolved to."""
 
 
-def _refuse(what: str) -> _Refused:
-    return _Refused(f"it refers to {what}, which a checkpoint never needs")
+def _refuse(what: str) -> Refused:
+    return Refused(f"it refers to {what}, which a checkpoint never needs")
 
 
 class _RestrictedUnpickler(AllowListUnpickler):
@@ -157,7 +153,7 @@ class _RestrictedUnpickler(AllowListUnpickler):
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType)):
-            raise _Refused(f"an unknown persistent id {str(pid)[:80]!r}")
+            raise Refused(f"an unknown persistent id {str(pid)[:80]!r}")
         _, storage_type, key, _location, numel = pid
         key = str(key)
         storage = self._storages.get(key)
@@ -238,7 +234,7 @@ def _materialise(obj, read):
     if isinstance(obj, tuple):
         return tuple(_materialise(v, read) for v in obj)
     if isinstance(obj, (_Storage, _StorageType, _Dtype)) or obj is _ParameterClass:
-        raise _Refused(f"a bare {type(obj).__name__.lstrip('_')} outside a tensor")
+        raise Refused(f"a bare {type(obj).__name__.lstrip('_')} outside a tensor")
     return obj
 
 
