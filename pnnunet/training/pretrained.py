@@ -99,8 +99,7 @@ def load_pretrained_weights(path: Path | str, network_class: str = "PlainConvUNe
             raise PnnunetError(f"{path}: not a pnnunet training checkpoint (no network_weights)\n"
                                "  fix: give the checkpoint_final or checkpoint_best that pnnunet_train wrote (or an "
                                "nnU-Net v2 .pth)")
-        weights = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v))
-                   for k, v in weights_as_float32(weights).items()}  # float32 also from a float16-stored model
+        weights = weights_as_float32(weights)  # numpy, float32 also from a float16-stored model
     dataset_name, plans_name, configuration = _origin(state.get("init_args"))
     return PretrainedWeights(path, {k: v for k, v in weights.items() if not is_head(k)},
                              "nnU-Net v2" if torch_file else "pnnunet", dataset_name, plans_name, configuration)
