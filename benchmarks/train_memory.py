@@ -14,7 +14,7 @@ iterations, from the first epoch line on), ``final_validation`` (after "training
     python benchmarks/train_memory.py --work /tmp/ctmem --configuration 3d_lowres
     python benchmarks/train_memory.py --work /tmp/ctmem --configuration 3d_cascade_fullres  # after 3d_lowres
 
-Writes ``<work>/memory_<configuration>.json`` (the samples and the per-phase peaks) and prints a table.
+Writes ``<work>/memory_<configuration>[_fp32|_bf16].json`` (the samples and the per-phase peaks) and prints a table.
 """
 
 from __future__ import annotations
@@ -130,6 +130,10 @@ def phase_of(text: str) -> str:
     return phase
 
 
+def _suffix(args: argparse.Namespace) -> str:
+    return "" if args.precision == "default" else f"_{args.precision}"
+
+
 def run_training(args: argparse.Namespace, env: dict) -> dict:
     cmd = [str(Path(sys.executable).parent / "pnnunet_train"), args.configuration, args.fold, "-d", DATASET,
            "-device", "cpu", "--epochs", str(args.epochs), "--iterations_per_epoch", str(args.iterations),
@@ -138,7 +142,9 @@ def run_training(args: argparse.Namespace, env: dict) -> dict:
         cmd.append("--val_disable_tta")
     if args.num_workers is not None:
         cmd += ["--num_workers", str(args.num_workers)]
-    log_path = Path(args.work) / f"train_{args.configuration}.log"
+    if args.precision != "default":
+        cmd.append(f"--{args.precision}")
+    log_path = Path(args.work) / f"train_{args.configuration}{_suffix(args)}.log"
     t0 = time.time()
     with open(log_path, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -176,6 +182,8 @@ def main() -> None:
     p.add_argument("--val_disable_tta", action="store_true")
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--skip_preprocess", action="store_true")
+    p.add_argument("--precision", choices=("default", "fp32", "bf16"), default="default",
+                   help="pnnunet_train --fp32 / --bf16 (default: the trainer's choice, bfloat16 where native)")
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, pnnunet_raw=str(a.work / "raw"), pnnunet_preprocessed=str(a.work / "preprocessed"),
@@ -194,7 +202,7 @@ def main() -> None:
     print(f"3d_lowres: batch {low['batch_size']}, patch {low['patch_size']}, spacing {low['spacing']}", flush=True)
     result = run_training(a, env)
     result["configuration"], result["plan_3d_lowres"] = a.configuration, {k: low[k] for k in ("batch_size", "patch_size", "spacing")}
-    (a.work / f"memory_{a.configuration}.json").write_text(json.dumps(result, indent=1))
+    (a.work / f"memory_{a.configuration}{_suffix(a)}.json").write_text(json.dumps(result, indent=1))
     print(f"\n{result['cmd']}\nexit {result['returncode']}, {result['wall_s']:.0f} s")
     print(f"{'phase':20s} {'start s':>8s} {'peak RSS GiB':>13s} {'peak PSS GiB':>13s} {'procs':>6s}")
     for phase, pk in result["peaks"].items():
