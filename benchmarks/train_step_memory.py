@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="instead of the plan's batch size")
     p.add_argument("--patch", type=int, nargs="+", default=None, help="instead of the plan's patch size")
     p.add_argument("--paddle_leaky_relu", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 mixed-precision convolutions (the CPU needs them)")
     p.add_argument("--recompute_stages", type=int, default=0,
                    help="encoder stages recomputed in the backward pass (TrainConfig.cpu_recompute_stages)")
     p.add_argument("--heap", choices=("training", "glibc"), default="training",
@@ -87,7 +88,7 @@ def main() -> None:
     paddle.seed(0)
     channels = a.input_channels or (a.classes if "previous_stage" in cfg else 1)
     net = build_network(cfg, channels, a.classes, deep_supervision=True)
-    accelerate_convolutions(net)
+    accelerate_convolutions(net, training_precision="bf16" if a.bf16 else "f32")
     recompute_encoder_stages(net, a.recompute_stages)
     opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.99, use_nesterov=True,
                                     weight_decay=paddle.regularizer.L2Decay(3e-5), parameters=net.parameters(),

@@ -40,6 +40,23 @@ def test_oom_in_training_step_is_a_clear_error(tmp_path, monkeypatch, error):
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_oom_in_a_cpu_training_step_suggests_fp32_only_when_training_in_bf16(tmp_path, monkeypatch, bf16):
+    import pnnunet.training.trainer as trainer_module
+
+    def raise_oom(self, batch):
+        raise MemoryError("(ResourceExhausted) Fail to alloc memory of 1 GB on CPU")
+
+    monkeypatch.setattr(Trainer, "_forward_backward_step", raise_oom)
+    monkeypatch.setattr(trainer_module, "bf16_supported", lambda: True)  # as on a CPU with native bfloat16
+    trainer = make_trainer(tmp_path, batch_size=2, cpu_bf16=None if bf16 else False)
+    with pytest.raises(PnnunetError) as info:
+        trainer.train_step(fixed_batches(1, batch_size=2)[0])
+    msg = str(info.value)
+    assert "out of memory in host memory (CPU) during a training step" in msg
+    assert ("try --fp32" in msg) == bf16 and ("bfloat16 mixed" in msg) == bf16
+
+
 def test_other_errors_are_not_swallowed(tmp_path, monkeypatch):
     def fail(self, batch):
         raise RuntimeError("shape mismatch")
