@@ -19,7 +19,8 @@ import numpy as np
 
 
 class Refused(pickle.UnpicklingError):
-    """Something an allow-list unpickler, or a function of its allow-list, does not accept."""
+    """Something an allow-list unpickler, or a function of its allow-list, does not accept; its message names
+    the thing (a noun phrase such as "a numpy object dtype") for the caller's sentence."""
 
 
 class AllowListUnpickler(pickle.Unpickler):
@@ -51,7 +52,7 @@ class AllowListUnpickler(pickle.Unpickler):
 def numpy_scalar(dtype, data=None):
     """A numpy scalar as ``pickle`` rebuilds it (``numpy._core.multiarray.scalar``), object dtypes refused."""
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise Refused("it holds a numpy scalar of an object dtype; nothing was run")
+        raise Refused("a numpy scalar of an object dtype")
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
@@ -60,9 +61,9 @@ def numpy_dtype(name, align=False, copy=False):
     object and structured (void) dtypes refused."""
     dtype = np.dtype(name)
     if dtype.hasobject:
-        raise Refused("it holds a numpy object dtype; nothing was run")
+        raise Refused("a numpy object dtype")
     if dtype.kind == "V":
-        raise Refused("it holds a numpy structured (void) dtype; nothing was run")
+        raise Refused("a numpy structured (void) dtype")
     return dtype
 
 
@@ -77,7 +78,7 @@ NUMPY_SCALAR_GLOBALS: dict[tuple[str, str], Any] = {
 def numpy_reconstruct(cls, shape, dtype):
     """``numpy._core.multiarray._reconstruct`` (how ``pickle`` rebuilds an ndarray) for ndarrays only."""
     if cls is not np.ndarray:
-        raise Refused("it rebuilds an array of a class other than numpy.ndarray; nothing was run")
+        raise Refused("an array of a class other than numpy.ndarray")
     return np.ndarray.__new__(np.ndarray, shape, dtype)
 
 

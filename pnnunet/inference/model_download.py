@@ -90,10 +90,6 @@ def download_and_install(url: str, results_root: Path | str, overwrite: bool = F
                 head = f.read(60)
             raise PnnunetError(f"{url}: the downloaded file is not a zip (it starts with {head!r})\n"
                                "  fix: check the URL (a direct download link to the model's .zip)")
-        try:
-            return install_model_zip(tmp, results_root, overwrite=overwrite)
-        except PnnunetError as e:  # its messages name the temporary file, which is gone afterwards
-            raise PnnunetError(f"{url}: {str(e).replace(str(tmp) + ': ', '').replace(str(tmp), 'the download')}"
-                               ) from None
+        return install_model_zip(tmp, results_root, overwrite=overwrite, source=url)  # messages name the URL
     finally:
         tmp.unlink(missing_ok=True)

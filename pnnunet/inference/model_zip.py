@@ -254,13 +254,13 @@ class InstalledModel:
                 f"-tr {trainer} -p {plans_name}")
 
 
-def _bad_member(zip_path: Path, name: str, problem: str) -> PnnunetError:
+def _bad_member(zip_path: str, name: str, problem: str) -> PnnunetError:
     return PnnunetError(f"{zip_path}: member '{name}' {problem}; nothing was installed\n"
                         "  fix: use a zip made by pnnunet_export_model_to_zip or nnUNetv2_export_model_to_zip "
                         "(paths DatasetXXX_Name/<Trainer>__<Plans>__<config>/...)")
 
 
-def _member_parts(zip_path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
+def _member_parts(zip_path: str, info: zipfile.ZipInfo) -> tuple[str, ...]:
     """The path parts of a member, refusing anything that could land outside the results root."""
     name = info.filename
     if "\\" in name or "\x00" in name:
@@ -308,7 +308,7 @@ def _installed_models(members: Sequence[tuple[str, ...]], results_root: Path) ->
             for key, folds in sorted(models.items())]
 
 
-def _check_no_file_folder_clash(zip_path: Path, members: Sequence[tuple[str, ...]], results_root: Path) -> None:
+def _check_no_file_folder_clash(zip_path: str, members: Sequence[tuple[str, ...]], results_root: Path) -> None:
     """A member whose file is a folder on disk or in the zip, or whose folder is a file on disk, cannot be
     installed."""
     files = {"/".join(parts) for parts in members}
@@ -339,7 +339,7 @@ def _install_order(item: tuple[zipfile.ZipInfo, Path]) -> int:
         (CHECKPOINT_SUFFIX, UPSTREAM_CHECKPOINT_SUFFIX)) else 1
 
 
-def _write_members(zf: zipfile.ZipFile, zip_path: Path, todo: list[tuple[zipfile.ZipInfo, Path]]) -> None:
+def _write_members(zf: zipfile.ZipFile, zip_path: str, todo: list[tuple[zipfile.ZipInfo, Path]]) -> None:
     """Extract every member to a ``.tmp-PID-`` file beside its target (same folder, so the rename cannot
     cross file systems, e.g. a Dataset folder linked to another disk), then rename them all into place.
     On any error the temporaries and the folders made for them are removed: nothing is installed."""
@@ -388,8 +388,10 @@ def _remove(staged: list[tuple[Path, Path]], made: list[Path]) -> None:
             pass
 
 
-def install_model_zip(zip_path: Path | str, results_root: Path | str, overwrite: bool = False) -> list[InstalledModel]:
+def install_model_zip(zip_path: Path | str, results_root: Path | str, overwrite: bool = False,
+                      source: str | None = None) -> list[InstalledModel]:
     """Extract a model zip into ``results_root`` (see the module docstring for what is checked).
+    ``source``: what error messages name instead of ``zip_path`` (the URL of a downloaded zip).
 
     Raises
     ------
@@ -397,29 +399,30 @@ def install_model_zip(zip_path: Path | str, results_root: Path | str, overwrite:
         other contents (without ``overwrite``), a corrupt member. Nothing is written in any of these cases.
     """
     zip_path = Path(zip_path).expanduser().absolute()
+    shown = source or str(zip_path)  # what the messages name: the zip, or where it came from (a URL)
     results_root = Path(results_root).expanduser().absolute()
     if not zip_path.is_file():
-        raise PnnunetError(f"{zip_path}: file not found\n  fix: pass the path of a model zip")
+        raise PnnunetError(f"{shown}: file not found\n  fix: pass the path of a model zip")
     if not zipfile.is_zipfile(zip_path):
-        raise PnnunetError(f"{zip_path}: not a zip file\n  fix: pass a model zip (pnnunet_export_model_to_zip or "
+        raise PnnunetError(f"{shown}: not a zip file\n  fix: pass a model zip (pnnunet_export_model_to_zip or "
                            "nnUNetv2_export_model_to_zip write them)")
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise PnnunetError(f"{zip_path}: cannot be read as a zip ({e})\n  fix: download or copy it again") from None
+        raise PnnunetError(f"{shown}: cannot be read as a zip ({e})\n  fix: download or copy it again") from None
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
-        members = [_member_parts(zip_path, i) for i in infos]
+        members = [_member_parts(shown, i) for i in infos]
         if len({p for p in members}) != len(members):
-            raise PnnunetError(f"{zip_path}: a file is in the zip twice; nothing was installed\n"
+            raise PnnunetError(f"{shown}: a file is in the zip twice; nothing was installed\n"
                                "  fix: export the model again")
         models = _installed_models(members, results_root)
         if not models:
-            raise PnnunetError(f"{zip_path}: no model folder (DatasetXXX_Name/<Trainer>__<Plans>__<config>/plans.json) "
+            raise PnnunetError(f"{shown}: no model folder (DatasetXXX_Name/<Trainer>__<Plans>__<config>/plans.json) "
                                "inside; nothing was installed\n  fix: pass a zip written by pnnunet_export_model_to_zip "
                                "or nnUNetv2_export_model_to_zip")
         targets = [results_root.joinpath(*p) for p in members]
-        _check_no_file_folder_clash(zip_path, members, results_root)
+        _check_no_file_folder_clash(shown, members, results_root)
         todo = [(i, t) for i, t in zip(infos, targets) if not _same_contents(t, i)]
         clashes = [t for _, t in todo if t.exists()]
         if clashes and not overwrite:
@@ -434,11 +437,11 @@ def install_model_zip(zip_path: Path | str, results_root: Path | str, overwrite:
             raise PnnunetError(f"{results_root}: cannot be written ({e.strerror})\n  fix: choose a writable "
                                "results folder (pnnunet_results)") from None
         if needed > free:
-            raise PnnunetError(f"{results_root}: {needed / 1e9:.2f} GB needed to install {zip_path.name}, "
+            raise PnnunetError(f"{results_root}: {needed / 1e9:.2f} GB needed to install {Path(shown).name}, "
                                f"{free / 1e9:.2f} GB free; nothing was installed\n  fix: free space, or install "
                                "into another results folder (set pnnunet_results)")
-        _write_members(zf, zip_path, todo)
-    log.info("installed %s into %s (%d files, %d already identical)", zip_path.name, results_root, len(todo),
+        _write_members(zf, shown, todo)
+    log.info("installed %s into %s (%d files, %d already identical)", Path(shown).name, results_root, len(todo),
              len(infos) - len(todo))
     for m in models:
         log.info("  %s/%s: folds %s\n  predict with: %s", m.model_dir.parent.name, m.model_dir.name,

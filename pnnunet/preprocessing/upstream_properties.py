@@ -90,7 +90,7 @@ def load_upstream_properties(path: Path | str) -> dict:
     except PnnunetError:
         raise
     except Refused as e:  # an object or structured numpy dtype, an array of another class
-        raise _refusal(path)(str(e).split(";")[0].removeprefix("it holds ")) from None
+        raise _refusal(path)(str(e)) from None
     except (pickle.UnpicklingError, EOFError, OSError, ValueError, KeyError, IndexError, OverflowError,
             UnicodeDecodeError, AttributeError, TypeError) as e:  # unreadable, truncated or not a pickle of plain values
         raise PnnunetError(f"{path}: cannot be read as nnU-Net case properties ({type(e).__name__}: {e})\n"

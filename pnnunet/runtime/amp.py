@@ -64,14 +64,13 @@ def training_precision(device: str, cpu_bf16: bool | None, onednn_convolutions: 
                                       if cpu_bf16 else None)
     if cpu_bf16 is False:
         return "float32", None
-    if cpu_bf16 is None:
-        return (CPU_BF16 if onednn_convolutions and bf16_native else "float32"), None
     if not onednn_convolutions:
-        return "float32", "--bf16 needs the oneDNN convolutions (not with --no_fast_cpu); training in float32"
-    if not bf16_native:
-        return "float32", ("--bf16: this CPU has no native bfloat16 convolutions (AVX512-BF16 or AMX); "
-                           "falling back to float32")
-    return CPU_BF16, None
+        why = "--bf16 needs the oneDNN convolutions (not with --no_fast_cpu); training in float32"
+    elif not bf16_native:
+        why = "--bf16: this CPU has no native bfloat16 convolutions (AVX512-BF16 or AMX); falling back to float32"
+    else:
+        return CPU_BF16, None
+    return "float32", why if cpu_bf16 else None  # the default (None) falls back without a word
 
 
 def autocast_kwargs(device: str, enabled: bool = True) -> dict:

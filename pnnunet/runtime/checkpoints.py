@@ -119,7 +119,7 @@ def load_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise PnnunetError(f"{path}: checkpoint not found\n  fix: check the path, or train the fold") from None
     except Refused as e:  # an allowed global refusing its arguments (an object dtype, a foreign array class)
-        raise _refused(path, str(e).split(";")[0]) from None
+        raise _refused(path, f"it holds {e}") from None
     except CORRUPT_FILE_ERRORS as e:
         raise PnnunetError(f"{path}: cannot be loaded as a pnnunet checkpoint ({type(e).__name__}: {e})\n"
                            "  fix: the file is damaged or not a checkpoint; delete it and resume from another "
