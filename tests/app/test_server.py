@@ -189,7 +189,8 @@ def test_oversized_upload(roots, declared):
 def test_job_runs_with_progress_and_results(roots):
     with TestClient(make_app(roots)) as client:
         job, r = submit(client, "case_a.nii.gz", nifti_bytes(roots["tmp"]))
-        assert r.status_code == 200 and r.json()["state"] == "queued"
+        # the runner may pick the job up before the answer is built (seen on a loaded machine): queued or running
+        assert r.status_code == 200 and r.json()["state"] in ("queued", "running")
         s = wait_for(client, job, ("done",))
         assert s["progress"]["tiles"] == 10 and s["result"]["labels"] == {"1": "a"}
         r = client.get(f"/api/jobs/{job}/download/segmentation")
