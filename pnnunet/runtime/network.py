@@ -8,7 +8,8 @@ Layout (parameter registration order equals upstream's, which keeps ``parameters
 
 - ``encoder.stages[s].convs[i]``: ConvNormAct blocks; the first block of stage ``s`` is strided
   by ``strides[s]``. Stage outputs are the skips; the last one is the bottleneck.
-- ``decoder.stages[t]``: ConvNormAct blocks on ``concat([up, skip])`` (``2·F_skip → F_skip``).
+- ``decoder.stages[t]``: ConvNormAct blocks on ``concat([up, skip])`` (``2·F_skip → F_skip``; CPU training
+  convolves the two parts without concatenating them, see ``StackedConvs.forward_concatenated``).
 - ``decoder.transpconvs[t]``: transposed conv, kernel = stride = ``strides[n-1-t]``.
 - ``decoder.seg_layers[t]``: 1×1 conv heads, one per decoder stage (always built, so weights load
   with deep supervision on or off).
@@ -27,6 +28,7 @@ from paddle import nn
 from paddle.nn import functional as F
 
 from pnnunet.errors import PnnunetError
+from pnnunet.runtime.norm_act import fused_applies, instance_norm_leaky_relu, leaky_relu_grad
 from pnnunet.runtime.recompute import recomputed
 
 LEAKY_SLOPE = 0.01
@@ -106,14 +108,7 @@ class _LeakyReLUSavingOutput(paddle.autograd.PyLayer):
     @staticmethod
     def backward(ctx, dy):
         (y,) = ctx.saved_tensor()
-        return _leaky_relu_grad(y, dy, ctx.slope)
-
-
-def _leaky_relu_grad(y: paddle.Tensor, dy: paddle.Tensor, slope: float) -> paddle.Tensor:
-    grad_kernel = getattr(paddle._C_ops, "leaky_relu_grad", None)
-    if grad_kernel is not None:
-        return grad_kernel(y, dy, slope)
-    return paddle.where(y >= 0, dy, dy * slope)  # the kernel's formula (dy where x >= 0, else dy * slope)
+        return leaky_relu_grad(y, dy, ctx.slope)
 
 
 def leaky_relu_saving_output(x: paddle.Tensor, slope: float = LEAKY_SLOPE) -> paddle.Tensor:
@@ -165,7 +160,18 @@ class ConvNormAct(ConvNorm):
         self.nonlin = nn.LeakyReLU(LEAKY_SLOPE)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return leaky_relu_for_mode(self.norm(self.conv(x)), self.nonlin)
+        return self._norm_act(self.conv(x))
+
+    def forward_concatenated(self, parts: Sequence[paddle.Tensor]) -> paddle.Tensor:
+        """``forward(paddle.concat(parts, axis=1))``, without the concatenation where the convolution
+        can do so (the oneDNN layers in CPU training: ``FastConv*.forward_concatenated``)."""
+        conv_parts = getattr(self.conv, "forward_concatenated", None)
+        return self._norm_act(conv_parts(parts) if conv_parts is not None else self.conv(paddle.concat(parts, 1)))
+
+    def _norm_act(self, y: paddle.Tensor) -> paddle.Tensor:
+        if fused_applies(y, self.norm):  # CPU training: the conv output is not kept (one activation less)
+            return instance_norm_leaky_relu(y, self.norm.scale, self.norm.bias, self.norm._epsilon, LEAKY_SLOPE)
+        return leaky_relu_for_mode(self.norm(y), self.nonlin)
 
 
 class StackedConvs(nn.Layer):
@@ -188,6 +194,16 @@ class StackedConvs(nn.Layer):
         if self.recompute:
             return recomputed(self.convs, x)
         return self.convs(x)
+
+    def forward_concatenated(self, parts: Sequence[paddle.Tensor]) -> paddle.Tensor:
+        """``forward(paddle.concat(parts, axis=1))``; the first block convolves the parts without
+        concatenating them where it can (:meth:`ConvNormAct.forward_concatenated`)."""
+        if self.recompute:
+            return self.forward(paddle.concat(list(parts), axis=1))
+        x = self.convs[0].forward_concatenated(parts)
+        for block in list(self.convs)[1:]:
+            x = block(x)
+        return x
 
 
 class Encoder(nn.Layer):
@@ -235,7 +251,7 @@ class Decoder(nn.Layer):
         x, outputs = skips[-1], []
         last = len(self.stages) - 1
         for t, stage in enumerate(self.stages):
-            x = stage(paddle.concat([self.transpconvs[t](x), skips[-(t + 2)]], axis=1))
+            x = stage.forward_concatenated([self.transpconvs[t](x), skips[-(t + 2)]])  # (concat([up, skip]))
             if deep_supervision or t == last:
                 outputs.append(self.seg_layers[t](x))
         return outputs[::-1]

@@ -1,5 +1,6 @@
 """Training memory (issue 16): the LeakyReLU that keeps its output instead of its input gives Paddle's
-gradients bit for bit, and the training path of a ConvNormAct block uses it; dropping the cached oneDNN
+gradients bit for bit, and the training path of a ConvNormAct block uses it where the fused norm +
+LeakyReLU does not apply; dropping the cached oneDNN
 primitives does not break a convolution whose backward is still to come."""
 
 import numpy as np
@@ -8,6 +9,7 @@ import paddle.nn.functional as F
 import pytest
 
 from pnnunet.runtime import network as network_module
+from pnnunet.runtime import norm_act
 from pnnunet.runtime.network import ConvNormAct, leaky_relu_saving_output
 from pnnunet.runtime.onednn import layers as fast_cpu
 from pnnunet.runtime.onednn import primitives
@@ -40,7 +42,7 @@ def test_fallback_gradient_formula_equals_the_kernel(monkeypatch):  # Paddle bui
         pytest.skip("this Paddle has no leaky_relu_grad op: the fallback is the only path")
     kernel = paddle._C_ops.leaky_relu_grad(y, dy, 0.01).numpy()
     monkeypatch.delattr(paddle._C_ops, "leaky_relu_grad")
-    np.testing.assert_array_equal(network_module._leaky_relu_grad(y, dy, 0.01).numpy(), kernel)
+    np.testing.assert_array_equal(norm_act.leaky_relu_grad(y, dy, 0.01).numpy(), kernel)
 
 
 def test_non_positive_slope_is_refused():
@@ -48,23 +50,33 @@ def test_non_positive_slope_is_refused():
         leaky_relu_saving_output(paddle.ones([2]), 0.0)
 
 
-def test_conv_norm_act_trains_with_the_output_saving_leaky_relu(monkeypatch):
+def _count_calls(monkeypatch, module, name):
     calls = []
-    real = network_module.leaky_relu_saving_output
-    monkeypatch.setattr(network_module, "leaky_relu_saving_output", lambda x, s: calls.append(1) or real(x, s))
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_conv_norm_act_with_a_near_zero_norm_scale_trains_with_the_output_saving_leaky_relu(monkeypatch):
+    # the fused norm + LeakyReLU (tests/runtime/test_norm_act.py) cannot recover its input through a zero
+    # scale: the block falls back to Paddle's norm and the LeakyReLU that keeps its output, bit for bit
+    calls = _count_calls(monkeypatch, network_module, "leaky_relu_saving_output")
+    fused = _count_calls(monkeypatch, network_module, "instance_norm_leaky_relu")
     paddle.seed(0)
     block = ConvNormAct(3, 2, 4, [3, 3, 3], [1, 1, 1], True)
+    with paddle.no_grad():
+        block.norm.scale.set_value(paddle.to_tensor([1.0, 0.5, 1e-4, 2.0]))
     x = paddle.to_tensor(np.random.default_rng(2).standard_normal((2, 2, 5, 6, 4)).astype(np.float32))
     y = block(x)
-    assert len(calls) == 1
+    assert (len(calls), len(fused)) == (1, 0)
     reference = F.leaky_relu(block.norm(block.conv(x)), 0.01)
     np.testing.assert_array_equal(y.numpy(), reference.numpy())
     grads = paddle.grad([y.sum()], [block.conv.weight])[0].numpy()
     ref_grads = paddle.grad([reference.sum()], [block.conv.weight])[0].numpy()
     np.testing.assert_array_equal(grads, ref_grads)
     with paddle.no_grad():
-        block(x)  # inference: in place, not the autograd layer
-    assert len(calls) == 1
+        block(x)  # inference: in place, not the autograd layers
+    assert (len(calls), len(fused)) == (1, 0)
 
 
 @pytest.mark.skipif(not fast_cpu.onednn_available(), reason="oneDNN library not in this Paddle build")
@@ -81,3 +93,35 @@ def test_released_plans_are_recreated_for_a_pending_backward():
     for a, b in zip(kept, again):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_array_equal(fast_cpu.onednn_conv(x, w, None, [1] * 3, [1] * 3).numpy(), y.numpy())
+
+
+@pytest.mark.skipif(not fast_cpu.onednn_available(), reason="oneDNN library not in this Paddle build")
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_decoder_block_convolves_the_parts_without_concatenating_them(precision):
+    if precision == "bf16" and not primitives.bf16_supported():
+        pytest.skip("no native bfloat16 on this CPU")
+    from pnnunet.runtime.recompute import _sharing_buffer
+
+    paddle.seed(0)
+    block = ConvNormAct(3, 6, 4, [3, 3, 3], [1, 1, 1], True)
+    fast_cpu.accelerate_convolutions(block, training_precision=precision)
+    rng = np.random.default_rng(7)
+    up, skip = (paddle.to_tensor(rng.standard_normal((2, c, 6, 5, 4)).astype(np.float32), stop_gradient=False)
+                for c in (4, 2))
+    dz = paddle.to_tensor(rng.standard_normal((2, 4, 6, 5, 4)).astype(np.float32))
+    params = [up, skip, block.conv.weight, block.conv.bias, block.norm.scale, block.norm.bias]
+    results = []
+    for split in (False, True):
+        saved = []
+        with paddle.autograd.saved_tensors_hooks(lambda t: saved.append(list(t.shape)) or t, _sharing_buffer):
+            z = block.forward_concatenated([up, skip]) if split else block(paddle.concat([up, skip], axis=1))
+        results.append([z] + list(paddle.grad([z], params, [dz])))
+        # what autograd keeps: the parts (which exist anyway) instead of their 6-channel concatenation
+        assert ([2, 6, 6, 5, 4] in saved) != split, saved
+    tol = 1e-5 if precision == "f32" else 2e-2
+    scale = max(float(b.abs().max()) for b in results[1])  # (the conv bias's gradient is ~0: the norm removes it)
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=tol, atol=tol * scale)
+    with paddle.no_grad():  # inference: the concatenation, exactly as before
+        np.testing.assert_array_equal(block.forward_concatenated([up, skip]).numpy(),
+                                      block(paddle.concat([up, skip], axis=1)).numpy())
