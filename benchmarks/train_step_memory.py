@@ -29,7 +29,7 @@ import pnnunet.runtime.network as network_module
 from pnnunet.heap import TrainingHeap, trim_heap
 from pnnunet.plans import ConfigurationPlan
 from pnnunet.runtime.architectures import build_network
-from pnnunet.runtime.network import recompute_encoder_stages
+from pnnunet.runtime.network import recompute_encoder_stages, save_activation_memory, saving_activation_memory_pays
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import release_plans
 from pnnunet.training.deep_supervision import downsample_seg_for_ds, ds_scales, ds_weights
@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--patch", type=int, nargs="+", default=None, help="instead of the plan's patch size")
     p.add_argument("--paddle_leaky_relu", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bfloat16 mixed-precision convolutions (the CPU needs them)")
+    p.add_argument("--save_memory", choices=("auto", "on", "off"), default="auto",
+                   help="fused norm + LeakyReLU and no decoder concatenation (TrainConfig.cpu_save_activation_memory)")
     p.add_argument("--recompute_stages", type=int, default=0,
                    help="encoder stages recomputed in the backward pass (TrainConfig.cpu_recompute_stages)")
     p.add_argument("--heap", choices=("training", "glibc"), default="training",
@@ -90,6 +92,12 @@ def main() -> None:
     net = build_network(cfg, channels, a.classes, deep_supervision=True)
     accelerate_convolutions(net, training_precision="bf16" if a.bf16 else "f32")
     recompute_encoder_stages(net, a.recompute_stages)
+    features = cfg["architecture"]["arch_kwargs"]["features_per_stage"]
+    save = {"on": True, "off": False}.get(a.save_memory)
+    if save is None:  # auto: as the trainer (TrainConfig.cpu_save_activation_memory=None)
+        save = saving_activation_memory_pays(bs, int(features if isinstance(features, int) else features[0]), patch)
+    save_activation_memory(net, save)
+    print(f"activation memory saving (fused norm + LeakyReLU, no decoder concatenation): {'on' if save else 'off'}")
     opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.99, use_nesterov=True,
                                     weight_decay=paddle.regularizer.L2Decay(3e-5), parameters=net.parameters(),
                                     grad_clip=paddle.nn.ClipGradByGlobalNorm(12.0))

@@ -155,6 +155,11 @@ class ConvNorm(nn.Layer):
 class ConvNormAct(ConvNorm):
     """Conv (padding ``(k-1)//2``) → InstanceNorm (eps 1e-5, affine) → LeakyReLU(0.01) (§6.1)."""
 
+    # CPU training memory (:func:`save_activation_memory`): norm + LeakyReLU as one node keeping only
+    # its output, and ``forward_concatenated`` without the concatenation; off by default (on small
+    # activations, e.g. Hippocampus, the fused node is slower than Paddle's kernels)
+    save_memory = False
+
     def __init__(self, dim: int, c_in: int, c_out: int, kernel: Sequence[int], stride: Sequence[int], bias: bool):
         super().__init__(dim, c_in, c_out, kernel, stride, bias)
         self.nonlin = nn.LeakyReLU(LEAKY_SLOPE)
@@ -165,11 +170,11 @@ class ConvNormAct(ConvNorm):
     def forward_concatenated(self, parts: Sequence[paddle.Tensor]) -> paddle.Tensor:
         """``forward(paddle.concat(parts, axis=1))``, without the concatenation where the convolution
         can do so (the oneDNN layers in CPU training: ``FastConv*.forward_concatenated``)."""
-        conv_parts = getattr(self.conv, "forward_concatenated", None)
+        conv_parts = getattr(self.conv, "forward_concatenated", None) if self.save_memory else None
         return self._norm_act(conv_parts(parts) if conv_parts is not None else self.conv(paddle.concat(parts, 1)))
 
     def _norm_act(self, y: paddle.Tensor) -> paddle.Tensor:
-        if fused_applies(y, self.norm):  # CPU training: the conv output is not kept (one activation less)
+        if self.save_memory and fused_applies(y, self.norm):  # CPU training: the conv output is not kept (one activation less)
             return instance_norm_leaky_relu(y, self.norm.scale, self.norm.bias, self.norm._epsilon, LEAKY_SLOPE)
         return leaky_relu_for_mode(self.norm(y), self.nonlin)
 
@@ -363,6 +368,33 @@ def recompute_encoder_stages(network: nn.Layer, stages: int) -> int:
         if isinstance(stage, StackedConvs):
             stage.recompute = i < stages
             count += stage.recompute
+    return count
+
+
+# a training step whose largest activation (batch x first-stage features x patch voxels, float32) is at
+# least this large saves activation memory by default (a CT 3d_lowres batch: 629 MB; Hippocampus: 92 MB)
+SAVE_MEMORY_ACTIVATION_BYTES = 256 * 2**20
+
+
+def saving_activation_memory_pays(batch_size: int, first_stage_features: int, patch_size: Sequence[int]) -> bool:
+    """Whether CPU training should use :func:`save_activation_memory` for this plan: its largest
+    activation reaches :data:`SAVE_MEMORY_ACTIVATION_BYTES` (the memory matters there; below it the
+    fused node's extra passes cost more than they save)."""
+    voxels = int(np.prod([int(v) for v in patch_size], dtype=np.int64))
+    return batch_size * first_stage_features * voxels * 4 >= SAVE_MEMORY_ACTIVATION_BYTES
+
+
+def save_activation_memory(network: nn.Layer, on: bool = True) -> int:
+    """Training memory on CPU (issue 16): every :class:`ConvNormAct` block computes its InstanceNorm and
+    LeakyReLU as one autograd node that keeps only the block's output (``runtime/norm_act.py``: the
+    convolution output is not kept), and the decoder's first block of each stage convolves
+    ``[up, skip]`` without concatenating them (:meth:`ConvNormAct.forward_concatenated`). Results equal
+    the plain path's up to float32 rounding. Returns how many blocks were switched."""
+    count = 0
+    for layer in network.sublayers(include_self=True):
+        if isinstance(layer, ConvNormAct):
+            layer.save_memory = bool(on)
+            count += 1
     return count
 
 

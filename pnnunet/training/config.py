@@ -54,6 +54,12 @@ class TrainConfig:
     # and compute them again there (runtime/recompute.py): the same gradients bit for bit, less peak
     # RAM (benchmarks/RESULTS.md, "Recomputed encoder stages"), one more forward pass of those stages.
     cpu_recompute_stages: int = 2
+    # CPU only: InstanceNorm + LeakyReLU as one autograd node keeping only its output, and the decoder's
+    # [up, skip] convolved without concatenation (runtime/network.save_activation_memory): ~2 GiB less on
+    # a CT 3d_lowres step (benchmarks/RESULTS.md), float32 rounding apart the same. None (default): where
+    # the plan's largest activation reaches 256 MiB (network.saving_activation_memory_pays; not on
+    # Hippocampus, where it is slower); True / False: always / never.
+    cpu_save_activation_memory: bool | None = None
     # CPU only: the oneDNN convolutions (forward, backward-data, backward-weights) in bfloat16 with
     # float32 accumulation, on CPUs with native bfloat16 (AVX512-BF16 or AMX); parameters, optimizer,
     # normalisation and loss stay float32. None (default): bfloat16 where native, float32 elsewhere

@@ -44,7 +44,7 @@ from pnnunet.runtime import checkpoints as ck
 from pnnunet.runtime import distributed as dist
 from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.device import import_paddle, is_out_of_memory
-from pnnunet.runtime.network import recompute_encoder_stages
+from pnnunet.runtime.network import recompute_encoder_stages, save_activation_memory, saving_activation_memory_pays
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import bf16_supported, release_plans
 from pnnunet.training.augmentation import make_batch_iterators
@@ -201,6 +201,14 @@ class Trainer:
         if self.job.device == "cpu":
             log.debug("CPU: %d encoder stage(s) recomputed in the backward pass",
                       recompute_encoder_stages(self.network, self.cfg.cpu_recompute_stages))
+            save = self.cfg.cpu_save_activation_memory
+            if save is None:
+                features = self.plan.arch_kwargs["features_per_stage"]
+                first = int(features if isinstance(features, (int, float)) else features[0])
+                save = saving_activation_memory_pays(self.plan.batch_size, first, self.plan.patch_size)
+            if save:
+                log.info("CPU: %d blocks save activation memory (fused norm + LeakyReLU, no decoder concatenation)",
+                         save_activation_memory(self.network))
         # the optimizer's global-norm clip runs inside optimizer.step(), i.e. after the scaler's unscale_
         self.optimizer = paddle.optimizer.Momentum(
             learning_rate=self.cfg.initial_lr, momentum=self.cfg.momentum, use_nesterov=True,

@@ -8,7 +8,7 @@ import paddle.nn.functional as F
 import pytest
 
 from pnnunet.runtime import network as network_module
-from pnnunet.runtime.network import ConvNormAct
+from pnnunet.runtime.network import ConvNormAct, save_activation_memory, saving_activation_memory_pays
 from pnnunet.runtime.norm_act import MIN_ABS_SCALE, fused_applies, instance_norm_leaky_relu
 from pnnunet.runtime.recompute import _sharing_buffer, recomputed
 
@@ -65,6 +65,7 @@ def test_fused_block_keeps_one_full_size_activation_fewer():
     # what autograd keeps for the backward pass, as seen by saved_tensors_hooks
     paddle.seed(0)
     block = ConvNormAct(3, 4, 8, [3, 3, 3], [1, 1, 1], True)
+    block.save_memory = True
     x = paddle.to_tensor(np.random.default_rng(1).standard_normal((2, 4, 6, 7, 5)).astype(np.float32),
                          stop_gradient=False)
     full = 2 * 8 * 6 * 7 * 5  # the conv output / block output size
@@ -88,6 +89,9 @@ def test_conv_norm_act_trains_with_the_fused_norm_and_agrees_with_paddle(monkeyp
     paddle.seed(0)
     block = ConvNormAct(3, 2, 4, [3, 3, 3], [1, 1, 1], True)
     x = paddle.to_tensor(np.random.default_rng(2).standard_normal((2, 2, 5, 6, 4)).astype(np.float32))
+    block(x)
+    assert not calls  # off by default
+    assert save_activation_memory(block) == 1
     y = block(x)
     assert len(calls) == 1
     reference = F.leaky_relu(block.norm(block.conv(x)), 0.01)
@@ -107,6 +111,7 @@ def test_fused_norm_inside_a_recomputed_stage_gives_the_same_gradients():
     paddle.seed(0)
     blocks = paddle.nn.Sequential(ConvNormAct(3, 2, 4, [3, 3, 3], [1, 1, 1], True),
                                   ConvNormAct(3, 4, 4, [3, 3, 3], [1, 1, 1], True))
+    assert save_activation_memory(blocks) == 2
     x = paddle.to_tensor(np.random.default_rng(4).standard_normal((2, 2, 6, 5, 4)).astype(np.float32))
     grads = []
     for fn in (blocks, lambda t: recomputed(blocks, t)):
@@ -141,3 +146,12 @@ def test_negative_scale_and_non_positive_slope():
         assert _max_rel(a, r) < 1e-5
     with pytest.raises(ValueError, match="positive slope"):
         instance_norm_leaky_relu(paddle.ones([1, 1, 2, 2]), paddle.ones([1]), paddle.zeros([1]), 1e-5, 0.0)
+
+
+def test_activation_memory_is_saved_by_default_only_for_large_activations():
+    # a CT 3d_lowres plan (batch 2, 32 features, 80x192x160: 629 MB per activation) and the upstream
+    # Hippocampus plan (batch 8, 32 features, 40x56x40: 92 MB), 2D CT (batch 12, 32 features, 512x512)
+    assert saving_activation_memory_pays(2, 32, [80, 192, 160])
+    assert saving_activation_memory_pays(12, 32, [512, 512])
+    assert not saving_activation_memory_pays(8, 32, [40, 56, 40])
+    assert not saving_activation_memory_pays(2, 32, [48, 96, 96])

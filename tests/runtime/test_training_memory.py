@@ -64,6 +64,7 @@ def test_conv_norm_act_with_a_near_zero_norm_scale_trains_with_the_output_saving
     fused = _count_calls(monkeypatch, network_module, "instance_norm_leaky_relu")
     paddle.seed(0)
     block = ConvNormAct(3, 2, 4, [3, 3, 3], [1, 1, 1], True)
+    block.save_memory = True
     with paddle.no_grad():
         block.norm.scale.set_value(paddle.to_tensor([1.0, 0.5, 1e-4, 2.0]))
     x = paddle.to_tensor(np.random.default_rng(2).standard_normal((2, 2, 5, 6, 4)).astype(np.float32))
@@ -104,6 +105,7 @@ def test_decoder_block_convolves_the_parts_without_concatenating_them(precision)
 
     paddle.seed(0)
     block = ConvNormAct(3, 6, 4, [3, 3, 3], [1, 1, 1], True)
+    block.save_memory = True
     fast_cpu.accelerate_convolutions(block, training_precision=precision)
     rng = np.random.default_rng(7)
     up, skip = (paddle.to_tensor(rng.standard_normal((2, c, 6, 5, 4)).astype(np.float32), stop_gradient=False)
@@ -125,3 +127,32 @@ def test_decoder_block_convolves_the_parts_without_concatenating_them(precision)
     with paddle.no_grad():  # inference: the concatenation, exactly as before
         np.testing.assert_array_equal(block.forward_concatenated([up, skip]).numpy(),
                                       block(paddle.concat([up, skip], axis=1)).numpy())
+
+
+@pytest.mark.skipif(not fast_cpu.onednn_available(), reason="oneDNN library not in this Paddle build")
+def test_convolution_primitives_hold_no_scratch_memory_between_calls():
+    # oneDNN's bfloat16 backward-weights kernels need scratch memory (0.3-0.45 GB per CT-sized layer);
+    # with the library managing it, every primitive kept its own for its lifetime. Now the primitive
+    # holds none (its memory consumption is 0) and each run passes one, freed afterwards.
+    import ctypes
+
+    precision = "bf16" if primitives.bf16_supported() else "f32"
+    plan = primitives._ConvPlan(False, [2, 16, 12, 20, 16], [16, 16, 3, 3, 3], [2, 16, 12, 20, 16], [1, 1, 1],
+                                [1, 1, 1], True, precision, training=True)
+    pd = plan._primitive_desc("backward_weights", plan._forward_pd(), with_bias=True)
+    held = ctypes.c_int64(-1)
+    try:
+        plan.lib.lib.dnnl_primitive_desc_query(pd, 6, 0, ctypes.byref(held))  # dnnl_query_memory_consumption_s64
+    finally:
+        plan.lib.lib.dnnl_primitive_desc_destroy(pd)
+    assert held.value == 0
+    if precision == "bf16":
+        assert plan.backward_weights().scratchpad_md is not None  # it does need one, passed per run
+    rng = np.random.default_rng(8)
+    x = paddle.to_tensor(rng.standard_normal((2, 16, 12, 20, 16)).astype(np.float32), stop_gradient=False)
+    w = paddle.to_tensor((0.1 * rng.standard_normal((16, 16, 3, 3, 3))).astype(np.float32), stop_gradient=False)
+    dy = paddle.to_tensor(rng.standard_normal((2, 16, 12, 20, 16)).astype(np.float32))
+    got = paddle.grad([fast_cpu.onednn_conv(x, w, None, [1] * 3, [1] * 3, precision=precision)], [x, w], [dy])[1]
+    want = paddle.grad([F.conv3d(x, w, padding=1)], [x, w], [dy])[1]
+    tol = 2e-2 if precision == "bf16" else 1e-4
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tol, atol=tol * float(want.abs().max()))

@@ -66,6 +66,42 @@ def test_cpu_trainer_recomputes_encoder_stages_with_the_same_training(tmp_path):
         np.testing.assert_array_equal(weights[k], plain_weights[k])
 
 
+def _three_steps_saving(tmp, save):
+    import paddle
+
+    from pnnunet.runtime.network import ConvNormAct
+    from tests.training.synthetic import fixed_batches, make_trainer
+
+    with paddle.utils.unique_name.guard():
+        paddle.seed(1234)
+        trainer = make_trainer(tmp)
+        trainer.cfg = trainer.cfg.replace(cpu_save_activation_memory=save)
+        trainer.build()
+        flags = {b.save_memory for b in trainer.network.sublayers() if isinstance(b, ConvNormAct)}
+        losses = [trainer.train_step(b) for b in fixed_batches(3)]
+        return flags, losses, {k: v.numpy() for k, v in trainer.network.state_dict().items()}
+
+
+def test_cpu_trainer_saves_activation_memory_where_asked_with_the_same_training(tmp_path):
+    """TrainConfig.cpu_save_activation_memory: True switches every ConvNormAct block to the fused norm +
+    LeakyReLU and the unconcatenated decoder convolution, False and the default (None: the tiny plan's
+    activations are far below 256 MiB) do not; three steps give the same losses and weights up to float32
+    rounding."""
+    import numpy as np
+
+    from pnnunet.training.config import TrainConfig
+
+    assert TrainConfig().cpu_save_activation_memory is None
+    on, on_losses, on_weights = _three_steps_saving(tmp_path / "a", True)
+    off, off_losses, off_weights = _three_steps_saving(tmp_path / "b", False)
+    auto, auto_losses, _ = _three_steps_saving(tmp_path / "c", None)
+    assert (on, off, auto) == ({True}, {False}, {False})
+    assert auto_losses == off_losses
+    np.testing.assert_allclose(on_losses, off_losses, rtol=1e-4)
+    for k in off_weights:
+        np.testing.assert_allclose(on_weights[k], off_weights[k], rtol=1e-3, atol=1e-5)
+
+
 def test_cpu_train_steps_trim_the_heap_with_the_same_losses(tmp_path, monkeypatch):
     """Inside the CPU heap policy each training step gives its freed heap chunks back (trim_heap) so they
     are not resident during the next step, and after the first step the policy is decided once; the losses

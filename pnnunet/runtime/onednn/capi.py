@@ -29,6 +29,8 @@ QUERY_EXEC_ARG_MD = 255       # dnnl_query_exec_arg_md
 QUERY_IMPL_INFO_STR = 8       # dnnl_query_impl_info_str
 ARG_SRC, ARG_DST, ARG_WEIGHTS, ARG_BIAS = 1, 17, 33, 41
 ARG_DIFF_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS, ARG_DIFF_BIAS = 129, 145, 161, 169
+ARG_SCRATCHPAD = 80             # DNNL_ARG_SCRATCHPAD
+SCRATCHPAD_MODE_USER = 1        # dnnl_scratchpad_mode_user
 MAX_NDIMS = 12
 MEMORY_ALLOCATE = ctypes.c_void_p(2**64 - 1)   # DNNL_MEMORY_ALLOCATE ((void *)(size_t)-1)
 
@@ -101,6 +103,9 @@ class Library:
             "dnnl_primitive_create": [pp, vp],
             "dnnl_primitive_destroy": [vp],
             "dnnl_primitive_execute": [vp, vp, ctypes.c_int, ctypes.POINTER(_ExecArg)],
+            "dnnl_primitive_attr_create": [pp],
+            "dnnl_primitive_attr_destroy": [vp],
+            "dnnl_primitive_attr_set_scratchpad_mode": [vp, ctypes.c_int],
         }
         for name, argtypes in sig.items():
             fn = getattr(lib, name)
@@ -111,6 +116,8 @@ class Library:
         lib.dnnl_primitive_desc_query.restype = ctypes.c_int
         lib.dnnl_memory_desc_equal.argtypes = [vp, vp]
         lib.dnnl_memory_desc_equal.restype = ctypes.c_int
+        lib.dnnl_memory_desc_get_size.argtypes = [vp]
+        lib.dnnl_memory_desc_get_size.restype = ctypes.c_size_t
         self.engine = self._new("dnnl_engine_create", CPU_ENGINE, 0)
         self.stream = self._new("dnnl_stream_create", self.engine, STREAM_IN_ORDER)
 
@@ -139,6 +146,24 @@ class Library:
         if not md:
             raise OneDNNError(f"primitive has no memory descriptor for argument {arg}")
         return self._new("dnnl_memory_desc_clone", ctypes.c_void_p(md))
+
+    def user_scratchpad_attr(self) -> ctypes.c_void_p:
+        """Primitive attributes asking for a user-managed scratchpad: the primitive then holds no
+        scratch memory between calls (the caller passes one per execution, see ``_Step.run``);
+        destroy with ``dnnl_primitive_attr_destroy`` after creating the descriptor."""
+        attr = self._new("dnnl_primitive_attr_create")
+        self.call("dnnl_primitive_attr_set_scratchpad_mode", attr, SCRATCHPAD_MODE_USER)
+        return attr
+
+    def scratchpad_md(self, pd) -> ctypes.c_void_p | None:
+        """Clone of the descriptor of the scratchpad a primitive needs per execution, None if none."""
+        md = self.lib.dnnl_primitive_desc_query_md(pd, QUERY_EXEC_ARG_MD, ARG_SCRATCHPAD)
+        if not md or self.lib.dnnl_memory_desc_get_size(ctypes.c_void_p(md)) == 0:
+            return None
+        return self._new("dnnl_memory_desc_clone", ctypes.c_void_p(md))
+
+    def md_bytes(self, md) -> int:
+        return int(self.lib.dnnl_memory_desc_get_size(md))
 
     def impl_name(self, pd) -> str:
         out = ctypes.c_char_p()

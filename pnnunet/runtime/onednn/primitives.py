@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import paddle
 
 from pnnunet.runtime.onednn.capi import (ARG_BIAS, ARG_DIFF_BIAS, ARG_DIFF_DST, ARG_DIFF_SRC, ARG_DIFF_WEIGHTS,
-                                         ARG_DST, ARG_SRC, ARG_WEIGHTS, BF16, CONV_DIRECT, DECONV_DIRECT, F32,
+                                         ARG_DST, ARG_SCRATCHPAD, ARG_SRC, ARG_WEIGHTS, BF16, CONV_DIRECT, DECONV_DIRECT, F32,
                                          FWD_INFERENCE, FWD_TRAINING, MEMORY_ALLOCATE, Library, OneDNNError, dims,
                                          library, onednn_available, plain_strides)
 
@@ -40,6 +40,10 @@ class _Step:
     def __init__(self, lib: Library, pd, bindings: Sequence[tuple[int, object, bool]]):
         self.lib, self.impl = lib, lib.impl_name(pd)
         self.bindings = [_Binding(lib, pd, arg, md, out) for arg, md, out in bindings]
+        # created with a user-managed scratchpad (``_ConvPlan._primitive_desc``): allocated per run and
+        # freed after it, instead of held by the primitive for its lifetime (bf16 backward-weights
+        # kernels need up to ~0.45 GB each on CT patches, one per layer: ~1.7 GB kept through training)
+        self.scratchpad_md = lib.scratchpad_md(pd)
         self.prim = lib.primitive(pd)
 
     def destroy(self) -> None:
@@ -49,6 +53,9 @@ class _Step:
             if prim is not None:
                 self.lib.lib.dnnl_primitive_destroy(prim)
         self.prim, self.bindings = None, []
+        if self.scratchpad_md is not None:
+            self.lib.lib.dnnl_memory_desc_destroy(self.scratchpad_md)
+            self.scratchpad_md = None
 
     def run(self, pointers: dict[int, int], shared: list | None = None) -> None:
         """Execute on user buffers (``arg -> data pointer`` of contiguous float32 tensors).
@@ -82,6 +89,10 @@ class _Step:
                     created.append(inner)
                 else:
                     shared.append((ptr, b.md, inner))
+            if self.scratchpad_md is not None:
+                scratch = lib.memory(self.scratchpad_md, MEMORY_ALLOCATE)
+                created.append(scratch)
+                args[ARG_SCRATCHPAD] = scratch
             lib.execute(self.prim, args)
             for reorder, inner, user in after:
                 lib.execute(reorder, {ARG_SRC: inner, ARG_DST: user})
@@ -164,8 +175,9 @@ class _ConvPlan:
             self.fwd_pd = None
 
     def _primitive_desc(self, which: str, *args, with_bias: bool = False, precision: str | None = None):
-        """Create a primitive descriptor whose tensors may take any layout (``*args`` follow them);
-        ``precision`` overrides the plan's."""
+        """Create a primitive descriptor whose tensors may take any layout (``*args``: the forward
+        descriptor hint of a backward primitive), with a user-managed scratchpad; ``precision``
+        overrides the plan's."""
         x, w, y, b = self.shapes
         lib = self.lib
         low = BF16 if (precision or self.precision) == "bf16" else F32
@@ -175,17 +187,19 @@ class _ConvPlan:
         mds = [lib.md_any(x, x_type), lib.md_any(w, w_type), lib.md_any(y, y_type),
                lib.md_any(b) if with_bias else None]
         x_md, w_md, y_md, b_md = mds
+        attr = lib.user_scratchpad_attr()  # see _Step: scratch memory per execution, not per primitive
         try:
             if which == "forward":
                 prop = FWD_TRAINING if self.training else FWD_INFERENCE
                 return lib._new(f"dnnl_{self.kind}_forward_primitive_desc_create", lib.engine, prop,
-                                self.alg, x_md, w_md, b_md, y_md, *self.geometry, None)
+                                self.alg, x_md, w_md, b_md, y_md, *self.geometry, attr)
             if which == "backward_data":
                 return lib._new(f"dnnl_{self.kind}_backward_data_primitive_desc_create", lib.engine, self.alg,
-                                x_md, w_md, y_md, *self.geometry, *args)
+                                x_md, w_md, y_md, *self.geometry, *args, attr)
             return lib._new(f"dnnl_{self.kind}_backward_weights_primitive_desc_create", lib.engine, self.alg,
-                            x_md, w_md, b_md, y_md, *self.geometry, *args)
+                            x_md, w_md, b_md, y_md, *self.geometry, *args, attr)
         finally:
+            lib.lib.dnnl_primitive_attr_destroy(attr)
             for md in mds:
                 if md is not None:
                     lib.lib.dnnl_memory_desc_destroy(md)
@@ -220,7 +234,7 @@ class _ConvPlan:
         """Backward-data primitive: ``DIFF_DST, WEIGHTS -> DIFF_SRC``."""
         self._check_trainable()
         if self._bwd_data is None:
-            pd = self._primitive_desc("backward_data", self._forward_pd(), None)
+            pd = self._primitive_desc("backward_data", self._forward_pd())
             self._bwd_data = self._step(pd, [(ARG_DIFF_DST, self.y_md, False), (ARG_WEIGHTS, self.w_md, False),
                                              (ARG_DIFF_SRC, self.x_md, True)])
         return self._bwd_data
@@ -230,11 +244,11 @@ class _ConvPlan:
         self._check_trainable()
         if self._bwd_weights is None:
             if self.weights_grad_precision == self.precision:
-                pd = self._primitive_desc("backward_weights", self._forward_pd(), None, with_bias=self.has_bias)
+                pd = self._primitive_desc("backward_weights", self._forward_pd(), with_bias=self.has_bias)
             else:  # float32 weight gradients of a bfloat16 plan: a float32 forward descriptor is the hint
                 hint = self._primitive_desc("forward", with_bias=self.has_bias, precision="f32")
                 try:
-                    pd = self._primitive_desc("backward_weights", hint, None, with_bias=self.has_bias, precision="f32")
+                    pd = self._primitive_desc("backward_weights", hint, with_bias=self.has_bias, precision="f32")
                 finally:
                     self.lib.lib.dnnl_primitive_desc_destroy(hint)
             binds = [(ARG_SRC, self.x_md, False), (ARG_DIFF_DST, self.y_md, False),
