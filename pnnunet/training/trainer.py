@@ -324,8 +324,6 @@ class Trainer:
         where = f"the GPU ({self.job.device})" if amp.amp_enabled_for(self.job.device) else "host memory (CPU)"
         more = (f" or more GPUs (-num_gpus {2 * self.dist.world_size} splits the batch of {self.plan.batch_size})"
                 if amp.amp_enabled_for(self.job.device) else "")
-        if self.precision == amp.CPU_BF16:  # its oneDNN kernels hold more memory (benchmarks/RESULTS.md)
-            more += "; or first try --fp32 (float32 convolutions need less host memory on large patches)"
         return PnnunetError(
             f"out of memory in {where} during {what}: a batch of shape {shape} (batch {self.batch_size} "
             f"of patch {list(self.plan.patch_size)}, {self.precision}) of configuration {self.job.configuration} "

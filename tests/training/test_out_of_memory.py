@@ -54,7 +54,9 @@ def test_oom_in_a_cpu_training_step_suggests_fp32_only_when_training_in_bf16(tmp
         trainer.train_step(fixed_batches(1, batch_size=2)[0])
     msg = str(info.value)
     assert "out of memory in host memory (CPU) during a training step" in msg
-    assert ("try --fp32" in msg) == bf16 and ("bfloat16 mixed" in msg) == bf16
+    assert ("bfloat16 mixed" in msg) == bf16
+    # no --fp32 hint any more: with per-call oneDNN scratchpads bf16 peaks no higher than float32 (RESULTS.md)
+    assert "--fp32" not in msg
 
 
 def test_other_errors_are_not_swallowed(tmp_path, monkeypatch):
