@@ -92,10 +92,9 @@ def main() -> None:
     net = build_network(cfg, channels, a.classes, deep_supervision=True)
     accelerate_convolutions(net, training_precision="bf16" if a.bf16 else "f32")
     recompute_encoder_stages(net, a.recompute_stages)
-    features = cfg["architecture"]["arch_kwargs"]["features_per_stage"]
     save = {"on": True, "off": False}.get(a.save_memory)
     if save is None:  # auto: as the trainer (TrainConfig.cpu_save_activation_memory=None)
-        save = saving_activation_memory_pays(bs, int(features if isinstance(features, int) else features[0]), patch)
+        save = saving_activation_memory_pays(bs, cfg["architecture"]["arch_kwargs"]["features_per_stage"], patch)
     save_activation_memory(net, save)
     print(f"activation memory saving (fused norm + LeakyReLU, no decoder concatenation): {'on' if save else 'off'}")
     opt = paddle.optimizer.Momentum(learning_rate=0.01, momentum=0.99, use_nesterov=True,

@@ -174,7 +174,7 @@ class ConvNormAct(ConvNorm):
         return self._norm_act(conv_parts(parts) if conv_parts is not None else self.conv(paddle.concat(parts, 1)))
 
     def _norm_act(self, y: paddle.Tensor) -> paddle.Tensor:
-        if self.save_memory and fused_applies(y, self.norm):  # CPU training: the conv output is not kept (one activation less)
+        if self.save_memory and fused_applies(y, self.norm):  # CPU training: the conv output is not kept
             return instance_norm_leaky_relu(y, self.norm.scale, self.norm.bias, self.norm._epsilon, LEAKY_SLOPE)
         return leaky_relu_for_mode(self.norm(y), self.nonlin)
 
@@ -376,12 +376,14 @@ def recompute_encoder_stages(network: nn.Layer, stages: int) -> int:
 SAVE_MEMORY_ACTIVATION_BYTES = 256 * 2**20
 
 
-def saving_activation_memory_pays(batch_size: int, first_stage_features: int, patch_size: Sequence[int]) -> bool:
+def saving_activation_memory_pays(batch_size: int, features_per_stage, patch_size: Sequence[int]) -> bool:
     """Whether CPU training should use :func:`save_activation_memory` for this plan: its largest
     activation reaches :data:`SAVE_MEMORY_ACTIVATION_BYTES` (the memory matters there; below it the
-    fused node's extra passes cost more than they save)."""
+    fused node's extra passes cost more than they save). ``features_per_stage`` as in the plan's
+    ``arch_kwargs``: per stage, or one number for all."""
+    first = features_per_stage if isinstance(features_per_stage, (int, float)) else features_per_stage[0]
     voxels = int(np.prod([int(v) for v in patch_size], dtype=np.int64))
-    return batch_size * first_stage_features * voxels * 4 >= SAVE_MEMORY_ACTIVATION_BYTES
+    return batch_size * int(first) * voxels * 4 >= SAVE_MEMORY_ACTIVATION_BYTES
 
 
 def save_activation_memory(network: nn.Layer, on: bool = True) -> int:

@@ -2,12 +2,12 @@
 
 In a ConvNormAct block Paddle's ``instance_norm`` keeps its input (the convolution output) for the
 backward pass and the next convolution keeps the LeakyReLU output: two full activations per block.
-Both are not needed: LeakyReLU with a positive slope is invertible, and an affine instance norm's
-output determines its normalised input, ``x̂ = (y − β) / γ``, so the block's output ``z`` alone gives
-back ``y``, ``x̂`` and, with the per-channel statistics, the convolution output. This node therefore
-saves ``z`` (which the next convolution keeps anyway), ``γ`` and the per-sample-and-channel mean and
-reciprocal standard deviation; the convolution output is freed as soon as the block's forward is done
-(a 32-channel CT batch of 2 × 80 × 192 × 160 voxels: 629 MB per block).
+One suffices: LeakyReLU with a positive slope is invertible, and an affine instance norm's output
+determines its normalised input, ``x̂ = (y − β) / γ``, which with the per-sample-and-channel
+reciprocal standard deviation is all the norm's backward needs. This node therefore saves ``z`` (the
+block's output, which the next convolution keeps anyway), ``γ``, ``β`` and the reciprocal standard
+deviations; the convolution output is freed as soon as the block's forward is done (a 32-channel CT
+batch of 2 × 80 × 192 × 160 voxels: 629 MB per block).
 
 The gradients are the instance norm's and LeakyReLU's own formulas, evaluated at the reconstructed
 ``x̂``: equal to Paddle's up to float32 rounding (``tests/runtime/test_norm_act.py``). Reconstruction

@@ -44,7 +44,8 @@ from pnnunet.runtime import checkpoints as ck
 from pnnunet.runtime import distributed as dist
 from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.device import import_paddle, is_out_of_memory
-from pnnunet.runtime.network import recompute_encoder_stages, save_activation_memory, saving_activation_memory_pays
+from pnnunet.runtime.network import (recompute_encoder_stages, save_activation_memory,
+                                     saving_activation_memory_pays)
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import bf16_supported, release_plans
 from pnnunet.training.augmentation import make_batch_iterators
@@ -203,9 +204,8 @@ class Trainer:
                       recompute_encoder_stages(self.network, self.cfg.cpu_recompute_stages))
             save = self.cfg.cpu_save_activation_memory
             if save is None:
-                features = self.plan.arch_kwargs["features_per_stage"]
-                first = int(features if isinstance(features, (int, float)) else features[0])
-                save = saving_activation_memory_pays(self.plan.batch_size, first, self.plan.patch_size)
+                save = saving_activation_memory_pays(self.plan.batch_size, self.plan.arch_kwargs["features_per_stage"],
+                                                     self.plan.patch_size)
             if save:
                 log.info("CPU: %d blocks save activation memory (fused norm + LeakyReLU, no decoder concatenation)",
                          save_activation_memory(self.network))

@@ -162,9 +162,6 @@ class Library:
             return None
         return self._new("dnnl_memory_desc_clone", ctypes.c_void_p(md))
 
-    def md_bytes(self, md) -> int:
-        return int(self.lib.dnnl_memory_desc_get_size(md))
-
     def impl_name(self, pd) -> str:
         out = ctypes.c_char_p()
         self.lib.dnnl_primitive_desc_query(pd, QUERY_IMPL_INFO_STR, 0, ctypes.byref(out))

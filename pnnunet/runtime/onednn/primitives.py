@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import paddle
 
 from pnnunet.runtime.onednn.capi import (ARG_BIAS, ARG_DIFF_BIAS, ARG_DIFF_DST, ARG_DIFF_SRC, ARG_DIFF_WEIGHTS,
-                                         ARG_DST, ARG_SCRATCHPAD, ARG_SRC, ARG_WEIGHTS, BF16, CONV_DIRECT, DECONV_DIRECT, F32,
-                                         FWD_INFERENCE, FWD_TRAINING, MEMORY_ALLOCATE, Library, OneDNNError, dims,
-                                         library, onednn_available, plain_strides)
+                                         ARG_DST, ARG_SCRATCHPAD, ARG_SRC, ARG_WEIGHTS, BF16, CONV_DIRECT,
+                                         DECONV_DIRECT, F32, FWD_INFERENCE, FWD_TRAINING, MEMORY_ALLOCATE, Library,
+                                         OneDNNError, dims, library, onednn_available, plain_strides)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class _Step:
         self.bindings = [_Binding(lib, pd, arg, md, out) for arg, md, out in bindings]
         # created with a user-managed scratchpad (``_ConvPlan._primitive_desc``): allocated per run and
         # freed after it, instead of held by the primitive for its lifetime (bf16 backward-weights
-        # kernels need up to ~0.45 GB each on CT patches, one per layer: ~1.7 GB kept through training)
+        # kernels need up to 0.45 GB each on CT patches, one primitive per layer: benchmarks/RESULTS.md)
         self.scratchpad_md = lib.scratchpad_md(pd)
         self.prim = lib.primitive(pd)
 
