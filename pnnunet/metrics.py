@@ -14,7 +14,6 @@ The dicts returned here use the same string keys as the file (``"1"``, ``"(1, 2)
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import DatasetError
 from pnnunet.fileio import write_json_atomic
 from pnnunet.imageio import ImageIO
+from pnnunet.parallel import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,8 @@ def compute_metrics_on_folder(ref_folder: Path | str, pred_folder: Path | str, o
     if num_processes <= 1 or len(jobs) == 1:
         per_case = [compute_metrics(*job) for job in jobs]
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)),
+                                 mp_context=worker_context([compute_metrics.__module__])) as pool:
             per_case = list(pool.map(compute_metrics, *zip(*jobs)))
     summary = summarize_cases(per_case, labels_or_regions)
     if output_file is not None:

@@ -24,7 +24,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +31,16 @@ from tqdm import tqdm
 
 import pnnunet
 from pnnunet.dataset.cases import get_inference_cases
-from pnnunet.dataset.labels import LabelInfo
 from pnnunet.errors import PnnunetError
 from pnnunet.fileio import ensure_writable_folder, load_json, remove_stale_temporaries, write_json_atomic
 from pnnunet.imageio import ImageIO, reader_writer_by_name, reader_writer_for
 from pnnunet.inference.case_predictor import CasePredictor
-from pnnunet.inference.export_prediction import export_prediction
+from pnnunet.inference.case_tasks import export_case, preprocess_for_inference
 from pnnunet.inference.model_folder import DEFAULT_CHECKPOINT, Fold, ModelFolder, load_model_folder
 from pnnunet.inference.sliding_window import accumulation_dtype as check_accumulation_dtype
 from pnnunet.inference.static_graph import resolve_precision
 from pnnunet.locks import hold_lock, prediction_lock
-from pnnunet.parallel import call_picklable, single_thread_worker
-from pnnunet.preprocessing.preprocessor import preprocess_case_files
-from pnnunet.preprocessing.previous_stage import append_previous_stage
+from pnnunet.parallel import call_picklable, single_thread_worker, worker_context
 from pnnunet.runtime.architectures import build_network
 from pnnunet.runtime.device import import_paddle, pick_device, set_cpu_threads
 from pnnunet.runtime.network import load_weights
@@ -65,37 +61,11 @@ DEFAULT_TILE_BATCH = {("cpu", 3): 1, ("cpu", 2): 4, ("gpu", 3): 8, ("gpu", 2): 8
 MAX_HANDOFF_BYTES = 1024**3
 
 
-# ----------------------------------------------------------------------------------------------
-# work done in background processes (module level, paddle-free, so spawned workers start fast)
-def preprocess_for_inference(image_files: Sequence[Path], plans: dict, configuration: str, dataset_json: dict,
-                             reader_writer: ImageIO, previous_stage_file: Path | None = None
-                             ) -> tuple[np.ndarray, dict]:
-    """Read and preprocess one case for prediction (reference §7.2): float32 (C, x, y, z) + properties.
-
-    A cascade stage gets ``previous_stage_file``, the previous stage's segmentation of the case: it is
-    transposed, cropped and resampled like a label map and appended one-hot (§7.7), giving
-    ``C + #foreground labels`` channels.
-    """
-    data, seg, properties = preprocess_case_files(image_files, previous_stage_file, plans, configuration,
-                                                  dataset_json, reader_writer, class_locations=False)
-    if previous_stage_file is not None:
-        labels = LabelInfo.from_dataset_json(dataset_json)
-        data = append_previous_stage(data, seg, labels.foreground_labels)
-    return data, properties
-
-
-def export_case(logits: np.ndarray, properties: dict, plans: dict, configuration: str, dataset_json: dict,
-                output_base: Path, reader_writer: ImageIO, save_probabilities: bool) -> Path:
-    """Write one case's segmentation (and probabilities) in its original geometry (§7.6)."""
-    return export_prediction(logits, properties, plans, configuration, dataset_json, output_base, reader_writer,
-                             save_probabilities)
-
-
 def _pool(num_processes: int) -> ProcessPoolExecutor | None:
     if num_processes <= 0:
         return None
-    return ProcessPoolExecutor(max_workers=num_processes, mp_context=get_context("spawn"),
-                               initializer=single_thread_worker)
+    return ProcessPoolExecutor(max_workers=num_processes, initializer=single_thread_worker,
+                               mp_context=worker_context([preprocess_for_inference.__module__]))
 
 
 def _result(future: Future, case: str):

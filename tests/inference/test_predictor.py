@@ -81,7 +81,7 @@ def _geometry(path: Path) -> tuple:
 
 
 def _preprocessed(predictor: Predictor, image: Path):
-    from pnnunet.inference.predictor import preprocess_for_inference
+    from pnnunet.inference.case_tasks import preprocess_for_inference
 
     m = predictor.model
     return preprocess_for_inference([image], m.plans, m.configuration, m.dataset_json, predictor.reader_writer())
