@@ -54,6 +54,7 @@ def test_prediction_workers_come_from_a_paddle_free_forkserver(tmp_path):
             return os.getppid(), 'paddle' in sys.modules, 'pnnunet.inference.case_tasks' in sys.modules
 
         if __name__ == "__main__":
+            import pnnunet  # first: Paddle 2.6's zlib crashes libraries loaded after it (test_import_order.py)
             import paddle  # the parent runs Paddle
             from pnnunet.inference.predictor import _pool
             sys.path.insert(0, os.path.dirname(__file__))
