@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -26,10 +25,6 @@ from pnnunet.errors import PnnunetError
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
 
 
-_FORKSERVER_LOCK = threading.Lock()
-_forkserver_preload: list[str] | None = None  # set once, before the server starts
-
-
 def worker_context(preload: Sequence[str] = ()) -> BaseContext:
     """The multiprocessing context of pnnunet's process pools: ``forkserver`` where the platform has it
     (Linux, macOS), else ``spawn`` (Windows).
@@ -38,18 +33,15 @@ def worker_context(preload: Sequence[str] = ()) -> BaseContext:
     SimpleITK, blosc2, batchgenerators, the parent's ``__main__``): ~1 s of CPU and ~0.2 GiB per worker,
     which on a 2-core machine is taken from the network running beside it. The forkserver is such a fresh
     interpreter too (nothing the parent imported, Paddle and its threads included, is inherited), started
-    once per process; it imports ``preload`` (module names; the first call's list is the one used), and each
-    worker is a fork of it that starts in milliseconds and shares those modules' memory. ``preload`` must
-    name Paddle-free modules (forking a process that runs Paddle's threads is unsafe).
+    once per process by the first pool; it imports this module and ``preload`` (module names; the list
+    asked for when it starts is the one used, later ones change nothing), and each worker is a fork of it
+    that starts in milliseconds and shares those modules' memory. ``preload`` must name Paddle-free modules
+    (forking a process that runs Paddle's threads is unsafe).
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return get_context("spawn")
-    global _forkserver_preload
     context = get_context("forkserver")
-    with _FORKSERVER_LOCK:
-        if _forkserver_preload is None:
-            _forkserver_preload = [__name__, *preload]
-            context.set_forkserver_preload(_forkserver_preload)
+    context.set_forkserver_preload([__name__, *preload])  # read only when the server starts
     return context
 
 

@@ -1,7 +1,8 @@
 """The work a prediction hands to its background processes: read + preprocess a case, export a case.
 
 Paddle-free on purpose (a test checks it): every ``-npp``/``-nps`` worker imports this module, and a worker
-that imported Paddle would start ~1 s slower and keep ~0.3 GiB more (benchmarks/RESULTS.md, issue 11).
+that imported Paddle would start ~1.3 s slower and keep ~0.25 GiB more (importing this module: 1.05 s,
+0.23 GiB peak RSS; ``pnnunet.inference.predictor``, which imports Paddle: 2.3-2.5 s, 0.47 GiB; issue 11).
 """
 
 from __future__ import annotations
