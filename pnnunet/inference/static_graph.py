@@ -32,6 +32,7 @@ from pnnunet.runtime.amp import amp_enabled_for
 from pnnunet.runtime.device import PADDLE_RUNTIME_ERRORS, import_paddle, raise_if_out_of_memory
 from pnnunet.runtime.onednn.layers import accelerate_convolutions
 from pnnunet.runtime.onednn.primitives import bf16_supported
+from pnnunet.runtime.unet_inference import PlannedUNet, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -284,10 +285,21 @@ class _FallbackPredictFn:
 
 
 def bf16_predict_fn(network) -> PredictFn | None:
-    """The eager network with its convolutions in bfloat16 through oneDNN (CPU), or None when this
-    CPU has no native bfloat16 convolutions (:func:`pnnunet.runtime.onednn.primitives.bf16_supported`)."""
+    """The network with its convolutions in bfloat16 through oneDNN (CPU), or None when this CPU has
+    no native bfloat16 convolutions (:func:`pnnunet.runtime.onednn.primitives.bf16_supported`).
 
-    if not bf16_supported() or accelerate_convolutions(network, inference_precision="bf16") == 0:
+    A plain U-Net runs as a :class:`~pnnunet.runtime.unet_inference.PlannedUNet` (oneDNN primitives on
+    buffers kept between tiles: no per-tile allocation); other networks (e.g. residual encoders) run
+    eagerly with bfloat16 oneDNN convolutions."""
+    if not bf16_supported():
+        return None
+    reason = unsupported_reason(network)
+    if reason is None:
+        fn = PlannedUNet(network, "bf16")
+        fn.backend = "bf16"
+        return fn
+    log.debug("bf16 prediction runs the eager network: %s", reason)
+    if accelerate_convolutions(network, inference_precision="bf16") == 0:
         return None
     fn = eager_predict_fn(network)
     fn.backend = "bf16"

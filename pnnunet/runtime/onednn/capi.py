@@ -1,7 +1,7 @@
 """ctypes binding of oneDNN's C API (v3), the library inside Paddle's CPU wheel (``paddle/libs``).
 
-Only the handful of functions the convolution primitives need (:mod:`.primitives`), one engine and
-one stream. The enum values are those of oneDNN's public header ``dnnl_types.h`` (stable within
+Only the handful of functions the primitives of :mod:`.primitives` need ((transposed) convolution,
+instance norm as a one-sample batch norm, LeakyReLU, reorder), one engine and one stream. The enum values are those of oneDNN's public header ``dnnl_types.h`` (stable within
 major version 3). When the library is missing or is not v3 (e.g. a GPU wheel without it),
 :func:`onednn_available` is False and callers keep Paddle's own kernels.
 """
@@ -30,6 +30,9 @@ QUERY_IMPL_INFO_STR = 8       # dnnl_query_impl_info_str
 ARG_SRC, ARG_DST, ARG_WEIGHTS, ARG_BIAS = 1, 17, 33, 41
 ARG_DIFF_SRC, ARG_DIFF_DST, ARG_DIFF_WEIGHTS, ARG_DIFF_BIAS = 129, 145, 161, 169
 ARG_SCRATCHPAD = 80             # DNNL_ARG_SCRATCHPAD
+ARG_SCALE, ARG_SHIFT = 51, 52   # DNNL_ARG_SCALE / DNNL_ARG_SHIFT (normalization)
+ELTWISE_RELU = 0x20             # dnnl_eltwise_relu (alpha: the slope of the negative part)
+USE_SCALE, USE_SHIFT = 0x2, 0x4  # dnnl_use_scale / dnnl_use_shift (normalization flags)
 SCRATCHPAD_MODE_USER = 1        # dnnl_scratchpad_mode_user
 MAX_NDIMS = 12
 MEMORY_ALLOCATE = ctypes.c_void_p(2**64 - 1)   # DNNL_MEMORY_ALLOCATE ((void *)(size_t)-1)
@@ -98,6 +101,10 @@ class Library:
                 [pp, vp, ctypes.c_int, vp, vp, vp, Dims, Dims, Dims, Dims, vp, vp],
             "dnnl_deconvolution_backward_weights_primitive_desc_create":
                 [pp, vp, ctypes.c_int, vp, vp, vp, vp, Dims, Dims, Dims, Dims, vp, vp],
+            "dnnl_batch_normalization_forward_primitive_desc_create":
+                [pp, vp, ctypes.c_int, vp, vp, ctypes.c_float, ctypes.c_uint, vp],
+            "dnnl_eltwise_forward_primitive_desc_create":
+                [pp, vp, ctypes.c_int, ctypes.c_int, vp, vp, ctypes.c_float, ctypes.c_float, vp],
             "dnnl_reorder_primitive_desc_create": [pp, vp, vp, vp, vp, vp],
             "dnnl_primitive_desc_destroy": [vp],
             "dnnl_primitive_create": [pp, vp],
@@ -161,6 +168,10 @@ class Library:
         if not md or self.lib.dnnl_memory_desc_get_size(ctypes.c_void_p(md)) == 0:
             return None
         return self._new("dnnl_memory_desc_clone", ctypes.c_void_p(md))
+
+    def md_bytes(self, md) -> int:
+        """Bytes of memory a descriptor's tensor takes (its layout's padding included)."""
+        return int(self.lib.dnnl_memory_desc_get_size(md))
 
     def impl_name(self, pd) -> str:
         out = ctypes.c_char_p()

@@ -126,7 +126,7 @@ def onednn_conv_inference(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.
 # ---- drop-in layers ---------------------------------------------------------------------------
 
 
-def _supported(layer: nn.Layer) -> str | None:
+def conv_unsupported_reason(layer: nn.Layer) -> str | None:
     """Why ``layer`` cannot use oneDNN, or None if it can."""
     nsp = len(layer._kernel_size)
     padding = layer._updated_padding
@@ -240,7 +240,7 @@ def accelerate_convolutions(network: nn.Layer, inference_precision: str = "f32",
         fast = _FAST.get(type(layer))
         if fast is None:
             continue
-        reason = _supported(layer)
+        reason = conv_unsupported_reason(layer)
         if reason is not None:
             log.debug("%s stays on Paddle's kernel (%s)", name or type(layer).__name__, reason)
             continue
