@@ -217,10 +217,11 @@ class TrainingHeap:
 def populated_empty(count: int, dtype=np.float32) -> np.ndarray:
     """An uninitialised 1-D array of ``count`` values whose memory is mapped in at once (Linux
     ``MAP_POPULATE``) instead of one page fault per 4 KiB page on first touch; for buffers that are
-    allocated once and then used many times (planned inference). Where first-touch faults are slow (the
-    benchmark VM: 3-6 s per GiB faulted, 1.7-2.4 s populated) this is the cheaper way in; elsewhere
-    (other systems, or a mapping refused) ``np.empty``. The memory is returned when the array is
-    garbage-collected."""
+    allocated once and then used many times (planned inference). Measured on the benchmark VM, where
+    first touch is slow: writing a fresh 1 GiB array 3.3-6.2 s, populating the mapping 1.7-2.4 s; on the
+    first CT tile of a planned U-Net no clear gain (layout + first tile 7.5-11.6 s populated, 7.4 s not;
+    benchmarks/RESULTS.md). Elsewhere (other systems, or a mapping refused) ``np.empty``. The memory is
+    returned when the array is garbage-collected."""
     nbytes = int(count) * np.dtype(dtype).itemsize
     flags = getattr(mmap, "MAP_POPULATE", None)
     if flags is None or nbytes == 0:

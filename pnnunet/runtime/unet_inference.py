@@ -36,7 +36,6 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
-import paddle
 from paddle import nn
 
 from pnnunet.heap import populated_empty
@@ -175,11 +174,10 @@ class _Program:
     def __init__(self, network: PlainConvUNet, sample_shape: Sequence[int], precision: str):
         self.sample_shape = tuple(int(s) for s in sample_shape)
         enc, dec = network.encoder.stages, network.decoder
-        n = len(enc)
         self.steps: list[tuple[_ConvStep, object, object]] = []  # (step, src, dst): regions or INPUT/OUTPUT
         self.counts: list[int] = []  # float32 values of each buffer of the pool this program uses
         try:
-            self._build(enc, dec, n, precision)
+            self._build(enc, dec, precision)
         except Exception:
             self.release()
             raise
@@ -191,8 +189,8 @@ class _Program:
     def _region(self, buffer: int, offset: int, count: int) -> _Region:
         return _Region(buffer, offset, count, self.counts)
 
-    def _build(self, enc, dec, n: int, precision: str) -> None:
-        shape, src = [1, *self.sample_shape], self.INPUT
+    def _build(self, enc, dec, precision: str) -> None:
+        n, shape, src = len(enc), [1, *self.sample_shape], self.INPUT
         cat, skips = [], []
         # encoder: stage s ends in the upper half of its concatenation buffer; the blocks before the last
         # alternate with the lower half, free until the decoder (the bottleneck has a buffer of its own)
@@ -285,9 +283,8 @@ class PlannedUNet:
             raise ValueError(f"expected a batch of {self.network.conv_dim}D tiles (N, C, *spatial), got {x.shape}")
         program = self._program_for(x.shape[1:])
         out = np.empty((x.shape[0], *program.output_shape[1:]), dtype=np.float32)
-        with paddle.no_grad():  # (nothing here records autograd; the weights' pointers are read only)
-            for i in range(x.shape[0]):
-                program.run(x[i:i + 1], out[i:i + 1])
+        for i in range(x.shape[0]):  # (oneDNN on raw pointers: nothing records autograd)
+            program.run(x[i:i + 1], out[i:i + 1])
         return out
 
     def _program_for(self, sample_shape) -> _Program:

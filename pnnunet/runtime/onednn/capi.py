@@ -1,9 +1,10 @@
 """ctypes binding of oneDNN's C API (v3), the library inside Paddle's CPU wheel (``paddle/libs``).
 
 Only the handful of functions the primitives of :mod:`.primitives` need ((transposed) convolution,
-instance norm as a one-sample batch norm, LeakyReLU, reorder), one engine and one stream. The enum values are those of oneDNN's public header ``dnnl_types.h`` (stable within
-major version 3). When the library is missing or is not v3 (e.g. a GPU wheel without it),
-:func:`onednn_available` is False and callers keep Paddle's own kernels.
+instance norm as a one-sample batch norm, LeakyReLU, reorder), one engine and one stream. The enum
+values are those of oneDNN's public header ``dnnl_types.h`` (stable within major version 3). When the
+library is missing or is not v3 (e.g. a GPU wheel without it), :func:`onednn_available` is False and
+callers keep Paddle's own kernels.
 """
 
 from __future__ import annotations

@@ -44,9 +44,10 @@ class Workspace:
     reordered into the primitive's layout (e.g. a float32 activation as blocked bfloat16) and its
     scratchpad.
 
-    Without one, each execution allocates them and frees them after (:meth:`_Step.run`): on a CT tile
-    that is ~1 GB of fresh memory per convolution at the highest resolution, which the kernel page-faults
-    in again every time (a 64-channel 64x160x192 convolution took 2.6 s instead of 0.2 s). A workspace
+    Without one, each execution allocates them and frees them after (:meth:`_Step.run`): on a CT tile a
+    bfloat16 copy of the input and a blocked output, 252 MB each for a 64 -> 32-feature 64x160x192
+    convolution, which the kernel page-faults in again every time (that convolution: 2.6 s on its first
+    eager call; 0.17-0.19 s per tile with a workspace, in :mod:`pnnunet.runtime.unet_inference`). A workspace
     holds one buffer per role (each argument position, and the scratchpad), grown to the largest request
     and shared by every primitive that runs with it: it keeps the largest layer's need, once. Executions
     that use one workspace must not overlap (one thread, sequential calls), and a reordered operand must
